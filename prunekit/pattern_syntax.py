@@ -1,0 +1,70 @@
+"""Parsing pattern strings: ``NxM`` blocks, ``N:M`` semi-structured, ``channelx1`` / ``1xchannel``.
+
+* ``NxM``: blocks of N output rows x M input columns of the 2-D weight view (``1x1`` is
+  unstructured, ``4x1`` INC's default);
+* ``N:M`` (INC's notation): N of every M consecutive input weights are pruned (``2:4`` = 50 %);
+* ``channelx1``: whole input columns; ``1xchannel``: whole output rows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["PatternSpec", "parse_pattern", "PATTERN_SYNTAX_HELP"]
+
+PATTERN_SYNTAX_HELP = "write 'NxM' (e.g. 1x1, 4x1), 'N:M' (e.g. 2:4, 1:4), 'channelx1' or '1xchannel'"
+
+_BLOCK = re.compile(r"^(\d+)x(\d+)$")
+_NM = re.compile(r"^(\d+):(\d+)$")
+#: the largest block side or M a pattern may name
+MAX_BLOCK_SIDE = 4096
+
+
+@dataclass(frozen=True)
+class PatternSpec:
+    """A parsed pattern.
+
+    ``kind`` is ``block`` (``rows x cols`` blocks; channel patterns are blocks spanning a full
+    dimension, ``rows``/``cols`` = 0 meaning "the whole dimension"), or ``nm`` (``n`` pruned of
+    every ``m`` consecutive input weights).
+    """
+
+    text: str
+    kind: Literal["block", "nm"]
+    rows: int = 1
+    cols: int = 1
+    n: int = 0
+    m: int = 0
+
+    @property
+    def max_sparsity(self) -> float:
+        """The largest element-wise sparsity the pattern can express (N/M for ``N:M``)."""
+        return self.n / self.m if self.kind == "nm" else 1.0
+
+    @property
+    def is_unstructured(self) -> bool:
+        return self.kind == "block" and self.rows == 1 and self.cols == 1
+
+
+def parse_pattern(text: str) -> PatternSpec:
+    """Parse ``text`` (case-insensitive, spaces ignored); ValueError says what is wrong."""
+    if not isinstance(text, str):
+        raise ValueError(f"a pattern is a string, got {text!r}")
+    norm = text.replace(" ", "").lower()
+    if norm == "channelx1":  # every output row of one input column
+        return PatternSpec(norm, "block", rows=0, cols=1)
+    if norm == "1xchannel":  # every input column of one output row
+        return PatternSpec(norm, "block", rows=1, cols=0)
+    if match := _BLOCK.match(norm):
+        rows, cols = int(match[1]), int(match[2])
+        if not (1 <= rows <= MAX_BLOCK_SIDE and 1 <= cols <= MAX_BLOCK_SIDE):
+            raise ValueError(f"block sides of {text!r} must be within 1..{MAX_BLOCK_SIDE}")
+        return PatternSpec(norm, "block", rows=rows, cols=cols)
+    if match := _NM.match(norm):
+        n, m = int(match[1]), int(match[2])
+        if not (1 <= n < m <= MAX_BLOCK_SIDE):
+            raise ValueError(f"in {text!r} N must be at least 1 and below M (N of every M weights are pruned)")
+        return PatternSpec(norm, "nm", n=n, m=m)
+    raise ValueError(f"{text!r} is not a pattern")
