@@ -200,7 +200,7 @@ class PrunerConfig(BaseModel):
                 f"raise max_sparsity_per_op to at least {value}, or lower target_sparsity",
             )
         low = info.data.get("min_sparsity_per_op")
-        if low is not None and value < low:
+        if low is not None and high is not None and value < low:  # high is absent when min > max failed
             raise rule_error(
                 f"target_sparsity {value} is below min_sparsity_per_op {low}",
                 f"lower min_sparsity_per_op to at most {value}, or raise target_sparsity",
@@ -527,28 +527,19 @@ def _choose_inc_scheduler(
     model = SCHEDULERS.config_of(sched["type"]) if isinstance(sched["type"], str) and sched["type"] in SCHEDULERS else None
     if model is None:
         return
-    for key in ("decay", "frequency", "end_step"):
-        if key in sched and key not in model.model_fields:
-            user_set = any(INC_KEYS[k] == ("scheduler", key) and (k in local or k in globals_) for k in INC_KEYS)
-            if user_set:
-                warnings.warn(
-                    f"pruning_configs[{index}]: '{_inc_name(key)}' has no effect on a {sched['type']} schedule "
-                    f"and is ignored (INC ignored it too)",
-                    UserWarning,
-                    stacklevel=4,
-                )
-            del sched[key]
-    if sched["type"] in ("oneshot", "one_shot"):
-        # a one-shot schedule has no window: frequency and decay mean nothing (INC ignored them)
-        for key in ("frequency", "decay"):
-            if key in sched and key in model.model_fields and sched[key] != model.model_fields[key].default:
-                warnings.warn(
-                    f"pruning_configs[{index}]: '{_inc_name(key)}' has no effect on a one-shot schedule "
-                    f"(start_step == end_step) and is ignored, as INC ignored it",
-                    UserWarning,
-                    stacklevel=4,
-                )
-            sched.pop(key, None)
+    single = bool(getattr(SCHEDULERS.get(sched["type"]), "single_event", False))
+    for key in ("decay", "frequency"):
+        if key not in sched or (key in model.model_fields and not single):
+            continue
+        inc_key = _inc_name(key)
+        value = sched.pop(key)
+        if (inc_key in local or inc_key in globals_) and value != INC_DEFAULTS[inc_key]:
+            kind = "one-shot schedule (start_step == end_step)" if single else f"{sched['type']} schedule"
+            warnings.warn(
+                f"pruning_configs[{index}]: '{inc_key}' has no effect on a {kind} and is ignored, as INC ignored it",
+                UserWarning,
+                stacklevel=5,
+            )
 
 
 def _inc_name(canonical_key: str) -> str:
