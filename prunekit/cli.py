@@ -1,0 +1,207 @@
+"""The ``prunekit`` command (also ``python -m prunekit``).
+
+Exit codes: 0 success, 2 a config error (its lines printed, no traceback), 1 any other failure
+(one line; ``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+from typing import Any, Callable, Sequence
+
+from prunekit.errors import ConfigError
+
+__all__ = ["main", "build_parser"]
+
+EXAMPLES = {
+    "validate": "prunekit validate configs/multi_group.yaml\n  prunekit validate my.yaml --model my_models:build_model",
+    "plan": "prunekit plan configs/iterative_90.yaml\n  prunekit plan configs/multi_group.yaml --plot schedule.png",
+    "schedulers": "prunekit schedulers\n  prunekit schedulers --plugin my_package.schedulers",
+    "schema": "prunekit schema > prunekit.schema.json",
+}
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table with aligned columns."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _import_plugins(modules: Sequence[str]) -> None:
+    import importlib
+
+    for module in modules:
+        importlib.import_module(module)
+
+
+# ------------------------------------------------------------------------------------- commands
+def cmd_validate(args: argparse.Namespace) -> int:
+    from prunekit.config import load_config
+
+    config = load_config(args.config)
+    print(f"{args.config}: valid ({len(config.pruners)} pruner group(s))")
+    rows = []
+    for group in config.pruners:
+        sched = group.scheduler
+        rows.append([group.name, group.pattern, group.criterion, group.scope, group.target_sparsity, sched.type])
+    print(_table(["group", "pattern", "criterion", "scope", "target", "scheduler"], rows))
+    if args.model:
+        from prunekit.pruner.selection import describe_selection
+
+        model = _build_model(args.model)
+        print()
+        print(describe_selection(model, config))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from prunekit.config import load_config
+    from prunekit.registry import get_scheduler
+
+    config = load_config(args.config)
+    curves = {}
+    for group in config.pruners:
+        sched = get_scheduler(group.scheduler, max_sparsity_per_op=group.max_sparsity_per_op)
+        events = sched.events()
+        rows = [[e.step, f"{e.index}/{e.total}", f"{sched.ratio_at_event(e, group.target_sparsity):.4f}"] for e in events]
+        print(f"group {group.name}: {sched!r}, target {group.target_sparsity}, {len(events)} event(s)")
+        print(_table(["step", "prune step", "target sparsity"], rows))
+        print()
+        curves[group.name] = (sched, group.target_sparsity)
+    if args.plot:
+        _plot_schedule(curves, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _plot_schedule(curves: dict[str, Any], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise RuntimeError("--plot needs matplotlib: pip install 'prunekit[plot]'") from err
+    last = max(sched.last_event_step for sched, _ in curves.values())
+    steps = list(range(0, int(last * 1.1) + 2))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (sched, target) in curves.items():
+        ax.step(steps, [sched.target_at(s, target) for s in steps], where="post", label=name)
+        ax.plot([e.step for e in sched.events()], [sched.ratio_at_event(e, target) for e in sched.events()], "o", ms=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("target sparsity")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_schedulers(args: argparse.Namespace) -> int:
+    from prunekit.registry import SCHEDULERS
+
+    rows = []
+    for entry in SCHEDULERS.entries():
+        kind = "data" if _is_data_scheduler(entry.obj) else "weight"
+        params = ""
+        if entry.config is not None:
+            params = ", ".join(n for n in entry.config.model_fields if n != "type")
+        origin = f"plugin {entry.plugin}" if entry.plugin else entry.obj.__module__
+        aliases = ", ".join(entry.aliases)
+        rows.append([entry.name, kind, aliases, params, entry.description, origin])
+    print(_table(["name", "kind", "aliases", "parameters", "description", "from"], rows))
+    return 0
+
+
+def _is_data_scheduler(obj: Any) -> bool:
+    from prunekit.schedulers.base import Scheduler
+
+    return not (isinstance(obj, type) and issubclass(obj, Scheduler))
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from prunekit.config import config_json_schema
+
+    print(json.dumps(config_json_schema(), indent=2))
+    return 0
+
+
+def _build_model(spec: str) -> Any:
+    import importlib
+
+    module_name, _, factory = spec.partition(":")
+    if not module_name or not factory:
+        raise ValueError(f"--model {spec!r}: write MODULE:FACTORY, e.g. my_models:build_model")
+    module = importlib.import_module(module_name)
+    try:
+        build: Callable[[], Any] = getattr(module, factory)
+    except AttributeError:
+        raise ValueError(f"--model {spec!r}: module {module_name} has no {factory!r}") from None
+    return build()
+
+
+# ------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prunekit",
+        description="Config-driven pruning for PyTorch: validate configs, plan schedules, inspect checkpoints.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  " + "\n  ".join(e.splitlines()[0] for e in EXAMPLES.values()),
+    )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of unexpected errors")
+    parser.add_argument(
+        "--plugin", action="append", default=[], metavar="MODULE", help="import MODULE first (it may register schedulers)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog="example:\n  " + EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.set_defaults(func=func)
+        return p
+
+    p = add("validate", cmd_validate, "Validate a config; with --model, show which layers each group prunes.")
+    p.add_argument("config", help="YAML file")
+    p.add_argument("--model", metavar="MODULE:FACTORY", help="a function that builds the model")
+    p = add("plan", cmd_plan, "Print each group's schedule: event steps and target sparsity.")
+    p.add_argument("config", help="YAML file")
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the sparsity curves (needs matplotlib)")
+    add("schedulers", cmd_schedulers, "List registered schedulers (weight and data), plugins included.")
+    add("schema", cmd_schema, "Print the JSON Schema of the config (for editor completion).")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _import_plugins(args.plugin)
+        return int(args.func(args) or 0)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one clear line; --debug for the traceback
+        if args.debug:
+            raise
+        message = textwrap.shorten(f"{type(err).__name__}: {err}", width=2000)
+        print(f"prunekit {args.command}: {message} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Pattern geometry of one layer: block scores from element scores, and masks from kept blocks.
+
+Everything works on the 2-D view ``[O, I]`` of a weight (see :class:`~prunekit.pruner.selection.Layout`).
+
+* :class:`BlockPattern` (``NxM``, ``channelx1``, ``1xchannel``): blocks of ``r`` rows x ``c``
+  columns (a side of 0 in the spec means the whole dimension). When ``O`` or ``I`` is not a
+  multiple of the block, the last block row / column is a *partial* block: its score is reduced
+  over the elements it has (so ``mean`` stays comparable), and it counts with its real size
+  everywhere (local and global scope alike).
+* :class:`NMPattern` (``N:M``): every M consecutive input weights form a group; pruning a group
+  removes its N lowest-scored weights (stable order: the lower index first on ties). A group's
+  score is the reduction of those N scores. ``I`` (the innermost input size) must be a multiple of M.
+
+A *grid* holds one score per block (per group for N:M). Blocks already pruned get the score
+:data:`PRUNED` (-1, below any criterion score), so an event never revives a pruned weight.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Literal, Protocol
+
+import torch
+
+from prunekit.errors import PruningError
+from prunekit.pattern_syntax import PatternSpec
+from prunekit.pruner.selection import Layout
+
+__all__ = ["PRUNED", "LayerPattern", "BlockPattern", "NMPattern", "make_pattern"]
+
+Reduce = Literal["mean", "sum", "max"]
+#: block score of an already pruned block (criterion scores are >= 0)
+PRUNED = -1.0
+
+
+class LayerPattern(Protocol):
+    """The geometry of a pattern on one ``[O, I]`` layer view."""
+
+    rows: int
+    cols: int
+    #: True when every block has the same number of elements (``block_numel``)
+    uniform: bool
+    block_numel: int
+
+    def resolution(self, scores2d: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+        """Element scores -> the resolution scores are kept at (accumulated by snip_momentum)."""
+
+    def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+        """A fresh block-score grid from ``res``; pruned blocks (per ``mask2d``) get :data:`PRUNED`."""
+
+    def count(self, pred: torch.Tensor) -> torch.Tensor:
+        """Number of elements in the blocks where the bool grid ``pred`` is True (0-d int64)."""
+
+    def sizes_of(self, flat_index: torch.Tensor) -> torch.Tensor:
+        """Element counts of the blocks at flat grid indices ``flat_index``."""
+
+    def expand(self, keep_grid: torch.Tensor) -> torch.Tensor:
+        """Bool element mask ``[O, I]`` (True = kept) from the bool block grid."""
+
+
+class BlockPattern:
+    """``r x c`` blocks with partial edge blocks; see the module docstring."""
+
+    def __init__(self, rows: int, cols: int, r: int, c: int) -> None:
+        self.rows, self.cols = rows, cols
+        self.r = rows if r == 0 else min(r, rows)
+        self.c = cols if c == 0 else min(c, cols)
+        self.full_rows, self.full_cols = rows // self.r, cols // self.c  # full block rows / cols
+        self.edge_rows, self.edge_cols = rows - self.full_rows * self.r, cols - self.full_cols * self.c
+        self.grid_rows = self.full_rows + (1 if self.edge_rows else 0)
+        self.grid_cols = self.full_cols + (1 if self.edge_cols else 0)
+        self.uniform = not self.edge_rows and not self.edge_cols
+        self.block_numel = self.r * self.c
+
+    def _parts(self) -> list[tuple[slice, slice, slice, slice, int, int]]:
+        """(element rows, element cols, grid rows, grid cols, block rows, block cols) of each region."""
+        fr, fc = self.full_rows * self.r, self.full_cols * self.c
+        row_parts = [(slice(0, fr), slice(0, self.full_rows), self.r)]
+        if self.edge_rows:
+            row_parts.append((slice(fr, self.rows), slice(self.full_rows, self.grid_rows), self.edge_rows))
+        col_parts = [(slice(0, fc), slice(0, self.full_cols), self.c)]
+        if self.edge_cols:
+            col_parts.append((slice(fc, self.cols), slice(self.full_cols, self.grid_cols), self.edge_cols))
+        return [(er, ec, gr, gc, br, bc) for (er, gr, br), (ec, gc, bc) in itertools.product(row_parts, col_parts)]
+
+    def resolution(self, scores2d: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+        """Block reduction: ``grid[i, j] = reduce(scores of block (i, j))`` (float32)."""
+        if self.r == 1 and self.c == 1:
+            return scores2d.float().contiguous()
+        out = torch.empty(self.grid_rows, self.grid_cols, dtype=torch.float32, device=scores2d.device)
+        for er, ec, gr, gc, br, bc in self._parts():
+            sub = scores2d[er, ec]
+            blocks = sub.reshape(sub.shape[0] // br, br, sub.shape[1] // bc, bc)
+            if reduce == "max":
+                out[gr, gc] = blocks.amax(dim=(1, 3))
+            else:
+                red = blocks.sum(dim=(1, 3), dtype=torch.float32)
+                out[gr, gc] = red / (br * bc) if reduce == "mean" else red
+        return out
+
+    def kept_blocks(self, mask2d: torch.Tensor) -> torch.Tensor:
+        """Bool grid of kept blocks (a block is kept or pruned as a whole: read its first element)."""
+        return mask2d[:: self.r, :: self.c]
+
+    def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+        return res.clone().masked_fill_(~self.kept_blocks(mask2d), PRUNED)
+
+    def count(self, pred: torch.Tensor) -> torch.Tensor:
+        if self.uniform:
+            return torch.count_nonzero(pred) * self.block_numel
+        total = torch.zeros((), dtype=torch.int64, device=pred.device)
+        for _, _, gr, gc, br, bc in self._parts():
+            total = total + torch.count_nonzero(pred[gr, gc]) * (br * bc)
+        return total
+
+    def sizes_of(self, flat_index: torch.Tensor) -> torch.Tensor:
+        row, col = flat_index // self.grid_cols, flat_index % self.grid_cols
+        rs = torch.where(row < self.full_rows, self.r, self.edge_rows)
+        cs = torch.where(col < self.full_cols, self.c, self.edge_cols)
+        return rs * cs
+
+    def expand(self, keep_grid: torch.Tensor) -> torch.Tensor:
+        if self.r == 1 and self.c == 1:
+            return keep_grid
+        g = keep_grid[:, None, :, None].expand(self.grid_rows, self.r, self.grid_cols, self.c)
+        full = g.reshape(self.grid_rows * self.r, self.grid_cols * self.c)
+        return full if self.uniform else full[: self.rows, : self.cols].contiguous()
+
+
+class NMPattern:
+    """``N:M``: N of every M consecutive input weights pruned; see the module docstring."""
+
+    def __init__(self, rows: int, cols: int, n: int, m: int) -> None:
+        self.rows, self.cols, self.n, self.m = rows, cols, n, m
+        self.groups = cols // m
+        self.uniform = True
+        self.block_numel = n
+        self._lowest: torch.Tensor | None = None  # [O, G, n] indices of the N lowest, set by grid()
+
+    def resolution(self, scores2d: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+        """Element resolution (the choice of the N weights needs every score)."""
+        return scores2d.float().contiguous()
+
+    def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+        pruned = ~mask2d.reshape(self.rows, self.groups, self.m)
+        scores = res.reshape(self.rows, self.groups, self.m).masked_fill(pruned, PRUNED)
+        values, order = torch.sort(scores, dim=-1, stable=True)
+        self._lowest = order[..., : self.n]
+        low = values[..., : self.n]
+        if reduce == "max":
+            out = low.amax(dim=-1)
+        else:
+            out = low.sum(dim=-1) / self.n if reduce == "mean" else low.sum(dim=-1)
+        return out.masked_fill_(pruned.any(dim=-1), PRUNED)
+
+    def count(self, pred: torch.Tensor) -> torch.Tensor:
+        return torch.count_nonzero(pred) * self.n
+
+    def sizes_of(self, flat_index: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(flat_index, self.n)
+
+    def expand(self, keep_grid: torch.Tensor) -> torch.Tensor:
+        if self._lowest is None:
+            raise PruningError("NMPattern.expand called before grid()")
+        keep = torch.ones(self.rows, self.groups, self.m, dtype=torch.bool, device=keep_grid.device)
+        keep.scatter_(-1, self._lowest, keep_grid.unsqueeze(-1).expand(-1, -1, self.n))
+        self._lowest = None
+        return keep.view(self.rows, self.cols)
+
+
+def make_pattern(spec: PatternSpec, layout: Layout, *, where: str) -> BlockPattern | NMPattern:
+    """The pattern geometry of ``spec`` on a layer of ``layout``; ``where`` names it in errors."""
+    if spec.kind == "nm":
+        if layout.inner % spec.m:
+            raise PruningError(
+                f"{where}: pattern {spec.text} groups {spec.m} consecutive input weights, but the layer's input "
+                f"size is {layout.inner} (weight shape {list(layout.shape)}), not a multiple of {spec.m}; "
+                f"exclude the layer with excluded_op_names, or use a block pattern such as 4x1"
+            )
+        return NMPattern(layout.rows, layout.cols, spec.n, spec.m)
+    return BlockPattern(layout.rows, layout.cols, spec.rows, spec.cols)

@@ -1,0 +1,192 @@
+"""Selecting the prunable layers of a model and viewing their weights as 2-D ``[out, in']``.
+
+A layer is selected when its class matches ``op_types`` (an entry matches a class whose
+``__name__`` starts with it), its name matches one of ``op_names`` (``re.search``; empty selects
+every layer of ``op_types``) and none of ``excluded_op_names``. Names are those of the unwrapped
+model: a ``DistributedDataParallel`` / ``DataParallel`` ``module.`` prefix is never required.
+
+Weights are viewed as 2-D ``[out, in']`` (:class:`Layout`):
+
+* ``Linear`` (and any 2-D weight ``[out, in]``): the weight itself;
+* ``Conv1d/2d/3d`` ``[out, in, *k]``: ``[out, k... · in]`` (input channels innermost, as INC);
+* transposed-weight ``Conv1D`` of GPT-2 style models ``[in, out]``: its transpose;
+* ``ConvTranspose*`` ``[in, out, *k]``: ``[out, k... · in]``.
+
+A parameter shared by several modules (tied weights) is selected once, under the first name;
+the other names are kept in :attr:`Layer.aliases`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from prunekit.config import PrunerConfig
+from prunekit.errors import PruningError
+
+__all__ = ["Layout", "Layer", "unwrap_model", "select_layers"]
+
+LayoutKind = Literal["linear", "conv", "transposed", "conv_transposed"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a weight of ``shape`` is viewed as the 2-D matrix ``[rows = out, cols = in']``.
+
+    ``inner`` is the size of the innermost (consecutive) input dimension of the view: N:M groups
+    run along it, so it must be a multiple of M.
+    """
+
+    kind: LayoutKind
+    shape: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return self.shape[1] if self.kind in ("transposed", "conv_transposed") else self.shape[0]
+
+    @property
+    def cols(self) -> int:
+        numel = 1
+        for s in self.shape:
+            numel *= s
+        return numel // self.rows
+
+    @property
+    def inner(self) -> int:
+        return self.shape[0] if self.kind in ("transposed", "conv_transposed") else self.shape[1]
+
+    def to_2d(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (weight layout) as ``[rows, cols]``; a view for linear and transposed layouts."""
+        if self.kind == "linear":
+            return t.view(self.rows, self.cols)
+        if self.kind == "transposed":
+            return t.t()
+        d = t.dim()
+        if self.kind == "conv":  # [O, I, *k] -> [O, *k, I]
+            return t.permute(0, *range(2, d), 1).reshape(self.rows, self.cols)
+        return t.permute(1, *range(2, d), 0).reshape(self.rows, self.cols)  # [I, O, *k] -> [O, *k, I]
+
+    def from_2d(self, t2: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_2d`: a contiguous tensor of the weight's shape."""
+        if self.kind == "linear":
+            return t2.reshape(self.shape).contiguous()
+        if self.kind == "transposed":
+            return t2.t().contiguous()
+        k = self.shape[2:]
+        d = len(self.shape)
+        if self.kind == "conv":  # [O, *k, I] -> [O, I, *k]
+            return t2.reshape(self.shape[0], *k, self.shape[1]).permute(0, d - 1, *range(1, d - 1)).contiguous()
+        # [O, *k, I] -> [I, O, *k]
+        return t2.reshape(self.shape[1], *k, self.shape[0]).permute(d - 1, 0, *range(1, d - 1)).contiguous()
+
+
+@dataclass(eq=False)
+class Layer:
+    """One selected layer: its module name, module, weight parameter and 2-D layout."""
+
+    name: str
+    module: nn.Module
+    weight: nn.Parameter
+    layout: Layout
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def numel(self) -> int:
+        return self.weight.numel()
+
+    @property
+    def frozen(self) -> bool:
+        return not self.weight.requires_grad
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside ``DistributedDataParallel`` / ``DataParallel`` wrappers (or the model itself)."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while isinstance(model, (DistributedDataParallel, DataParallel)):
+        model = model.module
+    return model
+
+
+def _layout_of(module: nn.Module, weight: torch.Tensor) -> LayoutKind:
+    cls = type(module).__name__
+    if cls.startswith("ConvTranspose"):
+        return "conv_transposed"
+    # transformers' Conv1D stores [in, out] and exposes nf = out features
+    if weight.dim() == 2 and cls == "Conv1D" and getattr(module, "nf", None) == weight.shape[1]:
+        return "transposed"
+    return "linear" if weight.dim() == 2 else "conv"
+
+
+def _type_matches(module: nn.Module, op_types: list[str]) -> bool:
+    name = type(module).__name__
+    return any(name.startswith(t) for t in op_types)
+
+
+def select_layers(model: nn.Module, config: PrunerConfig) -> list[Layer]:
+    """The layers of ``model`` (unwrapped) that pruner group ``config`` selects, in module order.
+
+    Raises :class:`PruningError` when nothing is selected (listing close module names), or when a
+    module that matches has no prunable weight (a ``weight`` parameter with 2 or more dims).
+    """
+    model = unwrap_model(model)
+    group = config.name or "pruner"
+    names = [re.compile(p) for p in config.op_names]
+    excluded = [re.compile(p) for p in config.excluded_op_names]
+    selected: list[Layer] = []
+    by_param: dict[int, Layer] = {}
+    all_names: list[str] = []
+    typed_names: list[str] = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        if not name:
+            continue
+        all_names.append(name)
+        if not _type_matches(module, config.op_types):
+            continue
+        typed_names.append(name)
+        if names and not any(p.search(name) for p in names):
+            continue
+        if any(p.search(name) for p in excluded):
+            continue
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, nn.Parameter) or weight.dim() < 2:
+            if names:  # named explicitly: say why it cannot be pruned
+                raise PruningError(
+                    f"pruner {group!r}: layer {name!r} ({type(module).__name__}) has no prunable weight "
+                    f"(a weight parameter with 2 or more dimensions); exclude it with excluded_op_names: ['^{re.escape(name)}$']"
+                )
+            continue
+        if id(weight) in by_param:  # tied weights: prune once
+            by_param[id(weight)].aliases.append(name)
+            continue
+        layer = Layer(name, module, weight, Layout(_layout_of(module, weight), tuple(weight.shape)))
+        by_param[id(weight)] = layer
+        selected.append(layer)
+    if not selected:
+        raise PruningError(_nothing_selected(group, config, all_names, typed_names))
+    return selected
+
+
+def _nothing_selected(group: str, config: PrunerConfig, all_names: list[str], typed_names: list[str]) -> str:
+    what = f"op_names={config.op_names!r}" if config.op_names else "every layer"
+    msg = f"pruner {group!r}: no layer matches ({what}, op_types={config.op_types!r}"
+    if config.excluded_op_names:
+        msg += f", excluded_op_names={config.excluded_op_names!r}"
+    msg += ")"
+    close: list[str] = []
+    for pattern in config.op_names:
+        plain = re.sub(r"[\\^$.*+?()\[\]{}|]", "", pattern) or pattern
+        close += difflib.get_close_matches(plain, all_names, n=5, cutoff=0.4)
+    close = list(dict.fromkeys(close))
+    if close:
+        msg += f"; close module names: {', '.join(close)}"
+    if typed_names:
+        msg += f"; layers of op_types: {', '.join(typed_names[:10])}{' ...' if len(typed_names) > 10 else ''}"
+    else:
+        msg += f"; the model has no module of op_types {config.op_types!r}"
+    return msg + ". Fix op_names / op_types (names are those of the unwrapped model, without 'module.')"
