@@ -52,9 +52,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         rows.append([group.name, group.pattern, group.criterion, group.scope, group.target_sparsity, sched.type])
     print(_table(["group", "pattern", "criterion", "scope", "target", "scheduler"], rows))
     if args.model:
+        model = _build_model(args.model)
         from prunekit.pruner.selection import describe_selection
 
-        model = _build_model(args.model)
         print()
         print(describe_selection(model, config))
     return 0
