@@ -75,33 +75,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print()
         curves[group.name] = (sched, group.target_sparsity)
     if args.plot:
-        _plot_schedule(curves, args.plot)
+        from prunekit.plotting import plot_schedules
+
+        plot_schedules(curves, args.plot, title=str(args.config))
         print(f"wrote {args.plot}")
     return 0
-
-
-def _plot_schedule(curves: dict[str, Any], path: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise RuntimeError("--plot needs matplotlib: pip install 'prunekit[plot]'") from err
-    last = max(sched.last_event_step for sched, _ in curves.values())
-    steps = list(range(0, int(last * 1.1) + 2))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, (sched, target) in curves.items():
-        ax.step(steps, [sched.target_at(s, target) for s in steps], where="post", label=name)
-        ax.plot([e.step for e in sched.events()], [sched.ratio_at_event(e, target) for e in sched.events()], "o", ms=3)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("target sparsity")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def cmd_schedulers(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import CONFIGS, ROOT
+from repo_paths import CONFIGS, ROOT
 
 
 def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prunekit.config import load_config
-from conftest import CONFIGS
+from repo_paths import CONFIGS
 
 FILES = sorted(CONFIGS.glob("*.yaml"))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import ROOT
+from repo_paths import ROOT
 from prunekit.reference import render_config_reference
 
 
