@@ -6,6 +6,18 @@ Declare pruning in YAML or a dict (:func:`load_config`), build schedulers from t
 
 from prunekit.config import PrunerConfig, PruningConfig, WeightPruningConfig, config_json_schema, load_config
 from prunekit.errors import ConfigError, ConfigProblem, PruningError, PrunekitError, RegistryError
+from prunekit.pruner import (
+    Criterion,
+    GradientCriterion,
+    LayerReport,
+    MagnitudeCriterion,
+    Pruning,
+    PruningRecord,
+    PruningReport,
+    SnipCriterion,
+    SnipMomentumCriterion,
+    prepare_pruning,
+)
 from prunekit.registry import (
     CRITERIA,
     PATTERNS,
@@ -32,6 +44,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CRITERIA",
+    "Criterion",
+    "GradientCriterion",
+    "LayerReport",
+    "MagnitudeCriterion",
+    "Pruning",
+    "PruningRecord",
+    "PruningReport",
+    "SnipCriterion",
+    "SnipMomentumCriterion",
+    "prepare_pruning",
     "ConfigError",
     "ConfigProblem",
     "DECAY_CURVES",

@@ -53,11 +53,27 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(_table(["group", "pattern", "criterion", "scope", "target", "scheduler"], rows))
     if args.model:
         model = _build_model(args.model)
-        from prunekit.pruner.selection import describe_selection
-
         print()
-        print(describe_selection(model, config))
+        print(_describe_selection(model, config))
     return 0
+
+
+def _describe_selection(model: Any, config: Any) -> str:
+    """Which layers each group prunes, with the 2-D view the pattern is applied to.
+
+    Building the layers checks every selector and every pattern against the model (an N:M pattern
+    on a layer whose input size is not a multiple of M is an error naming the layer).
+    """
+    from prunekit.pruner import Pruning
+
+    session = Pruning(model, config)
+    rows = []
+    for group in session.groups:
+        for layer in group.layers:
+            frozen = " (frozen)" if layer.frozen else ""
+            rows.append([group.name, layer.name + frozen, type(layer.module).__name__, "x".join(map(str, layer.weight.shape)), group.config.pattern])
+    total = sum(layer.numel for group in session.groups for layer in group.layers)
+    return _table(["group", "layer", "type", "shape", "pattern"], rows) + f"\n{len(rows)} layer(s), {total:,} weights"
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -45,8 +45,11 @@ class LayerPattern(Protocol):
     def resolution(self, scores2d: torch.Tensor, reduce: Reduce) -> torch.Tensor:
         """Element scores -> the resolution scores are kept at (accumulated by snip_momentum)."""
 
-    def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce) -> torch.Tensor:
-        """A fresh block-score grid from ``res``; pruned blocks (per ``mask2d``) get :data:`PRUNED`."""
+    def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce, owned: bool = False) -> torch.Tensor:
+        """A block-score grid from ``res``; pruned blocks (per ``mask2d``) get :data:`PRUNED`.
+
+        ``owned``: ``res`` may be overwritten (it is a fresh tensor), else the grid is a new tensor.
+        """
 
     def count(self, pred: torch.Tensor) -> torch.Tensor:
         """Number of elements in the blocks where the bool grid ``pred`` is True (0-d int64)."""
@@ -102,8 +105,9 @@ class BlockPattern:
         """Bool grid of kept blocks (a block is kept or pruned as a whole: read its first element)."""
         return mask2d[:: self.r, :: self.c]
 
-    def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce) -> torch.Tensor:
-        return res.clone().masked_fill_(~self.kept_blocks(mask2d), PRUNED)
+    def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce, owned: bool = False) -> torch.Tensor:
+        out = res if owned else res.clone()
+        return out.masked_fill_(~self.kept_blocks(mask2d), PRUNED)
 
     def count(self, pred: torch.Tensor) -> torch.Tensor:
         if self.uniform:
@@ -141,7 +145,7 @@ class NMPattern:
         """Element resolution (the choice of the N weights needs every score)."""
         return scores2d.float().contiguous()
 
-    def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+    def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce, owned: bool = False) -> torch.Tensor:
         pruned = ~mask2d.reshape(self.rows, self.groups, self.m)
         scores = res.reshape(self.rows, self.groups, self.m).masked_fill(pruned, PRUNED)
         values, order = torch.sort(scores, dim=-1, stable=True)

@@ -1,0 +1,45 @@
+"""Describe the machine a benchmark ran on: CPU model, cores, torch version, device."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+__all__ = ["machine_summary", "print_machine"]
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_summary(device: str = "cpu") -> dict[str, str]:
+    """CPU model, logical cores, torch threads, torch version and the device benchmarked."""
+    dev = device
+    if device.startswith("cuda") and torch.cuda.is_available():
+        dev = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return {
+        "cpu": _cpu_model(),
+        "cores": str(os.cpu_count()),
+        "torch threads": str(torch.get_num_threads()),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": dev,
+    }
+
+
+def print_machine(device: str = "cpu") -> None:
+    for key, value in machine_summary(device).items():
+        print(f"{key:>14}: {value}")
+
+
+if __name__ == "__main__":
+    print_machine()

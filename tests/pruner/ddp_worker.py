@@ -1,0 +1,75 @@
+"""One rank of the DDP test (launched by test_distributed.py): ``python ddp_worker.py RANK WORLD PORT OUT``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from prunekit.pruner import prepare_pruning
+from pruner_helpers import batch, mlp
+
+CFG = {
+    "pruners": [
+        {
+            "criterion": "snip_momentum",
+            "pattern": "4x1",
+            "scope": "global",
+            "target_sparsity": 0.8,
+            "scheduler": {"type": "iterative", "start_step": 1, "end_step": 9, "frequency": 2, "decay": "exp"},
+        }
+    ]
+}
+MAGNITUDE = {"pruners": [{"scope": "global", "target_sparsity": 0.7, "min_sparsity_per_op": 0.2, "max_sparsity_per_op": 0.9}]}
+
+
+def masks_agree(masks: dict[str, torch.Tensor], world: int) -> bool:
+    agree = True
+    for mask in masks.values():
+        mine = mask.to(torch.uint8)
+        gathered = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(gathered, mine)
+        agree &= all(torch.equal(g, gathered[0]) for g in gathered)
+    return agree
+
+
+def main() -> None:
+    rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    result: dict[str, list] = {"ddp_events": [], "ddp_agree": [], "sync_agree": [], "nosync_agree": []}
+
+    # (1) DDP, gradient criterion, global scope: every rank sees different data
+    model = DistributedDataParallel(mlp(seed=0))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    session = prepare_pruning(model, CFG, opt)
+    for step in range(11):
+        x, y = batch(step * world + rank)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        if session.history and session.history[-1].step == step:
+            result["ddp_events"].append([step, session.history[-1].sparsity])
+            result["ddp_agree"].append(masks_agree(session.masks, world))
+
+    # (2) ranks with different weights (no DDP): rank 0's masks are broadcast; without sync they differ
+    for key, sync in (("sync_agree", None), ("nosync_agree", False)):
+        plain = mlp(seed=100 + rank)
+        opt = torch.optim.SGD(plain.parameters(), lr=0.05)
+        session = prepare_pruning(plain, MAGNITUDE, opt, sync_masks=sync)
+        x, y = batch(rank)
+        torch.nn.functional.mse_loss(plain(x), y).backward()
+        opt.step()
+        result[key].append(masks_agree(session.masks, world))
+        for layer in session.groups[0].layers:
+            assert (layer.weight.detach()[~session.masks[layer.name]] == 0).all()
+    dist.destroy_process_group()
+    with open(out, "w") as fh:
+        json.dump(result, fh)
+
+
+if __name__ == "__main__":
+    main()

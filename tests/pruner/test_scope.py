@@ -1,0 +1,88 @@
+"""The threshold searches of local and global scope against brute-force references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunekit.pruner import scope
+from prunekit.pruner.patterns import PRUNED, BlockPattern
+
+
+@pytest.fixture(params=["default", "tiny_sample"])
+def sample(request, monkeypatch):
+    """tiny_sample: a 64-value sample with a 4-value bracket, so narrowing, misses and fallbacks all run."""
+    if request.param == "tiny_sample":
+        monkeypatch.setattr(scope, "_SAMPLE", 64)
+        monkeypatch.setattr(scope, "_SLACK", 4)
+
+
+def random_grid(rows: int, cols: int, seed: int, ties: bool = False, pruned: float = 0.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.rand(rows, cols, generator=g)
+    if ties:
+        grid = (grid * 8).floor() / 8
+    if pruned:
+        grid[torch.rand(rows, cols, generator=g) < pruned] = PRUNED
+    return grid
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("k", [0, 1, 37, 500, 2047, 2048])
+def test_local_1x1_prunes_exactly_the_k_lowest(sample, ties: bool, k: int) -> None:
+    grid = random_grid(32, 64, seed=k, ties=ties, pruned=0.1)
+    keep = scope.select_blocks(grid, BlockPattern(32, 64, 1, 1), k)
+    already = int((grid < 0).sum())
+    assert int((~keep).sum()) == max(k, already)
+    order = torch.sort(grid.view(-1), stable=True).indices  # reference: lowest first, lower index on ties
+    expected = torch.ones(grid.numel(), dtype=torch.bool)
+    expected[order[: max(k, already)]] = False
+    assert torch.equal(keep.view(-1), expected)
+
+
+def brute_budgets(grids, total, low, high):
+    values = sorted({float(v) for g in grids for v in g.view(-1).tolist() if v >= 0})
+    def counts(v, strict=False):
+        return [int(((g < v) if strict else (g <= v)).sum()) for g in grids]
+    clamp = lambda c, i: min(max(c, low[i]), high[i])
+    already = counts(0.0, strict=True)
+    if sum(clamp(c, i) for i, c in enumerate(already)) >= total:
+        return [clamp(c, i) for i, c in enumerate(already)]
+    t = next((v for v in values if sum(clamp(c, i) for i, c in enumerate(counts(v))) >= total), values[-1])
+    base = [clamp(c, i) for i, c in enumerate(counts(t, strict=True))]
+    cap = [clamp(c, i) for i, c in enumerate(counts(t))]
+    remaining, out = total - sum(base), []
+    for b, c in zip(base, cap):
+        extra = max(0, min(c - b, remaining))
+        remaining -= extra
+        out.append(b + extra)
+    return out
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (0.3, 0.9), (0.0, 0.5)])
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.8])
+def test_global_budgets_match_brute_force(sample, ties: bool, bounds: tuple[float, float], ratio: float) -> None:
+    shapes = [(16, 20), (8, 64), (40, 10)]
+    grids = [random_grid(r, c, seed=i + 10 * int(ties), ties=ties, pruned=0.05) for i, (r, c) in enumerate(shapes)]
+    # one layer much less important than the others: clamps bind
+    grids[1] = grids[1] * 0.1
+    grids[1][grids[1] < 0] = PRUNED
+    patterns = [BlockPattern(r, c, 1, 1) for r, c in shapes]
+    numels = [r * c for r, c in shapes]
+    total = round(ratio * sum(numels))
+    low = [int(min(bounds[0], ratio) * n) for n in numels]
+    high = [int(bounds[1] * n) for n in numels]
+    got = scope.global_budgets(grids, patterns, total, low, high)
+    assert got == brute_budgets(grids, total, low, high)
+    if bounds[1] * min(numels) >= total / len(numels):
+        assert sum(got) == total
+
+
+def test_partial_block_threshold(sample) -> None:
+    grid = random_grid(8, 30, seed=3, ties=True)  # 30 rows / 4 -> 8 block rows, the last with 2 rows
+    pattern = BlockPattern(30, 30, 4, 1)
+    for k in (0, 1, 3, 100, 450, 899, 900):
+        keep = scope.select_blocks(grid, pattern, k)
+        pruned = int(pattern.count(~keep))
+        assert abs(pruned - k) <= 2, (k, pruned)  # within half of the largest block
