@@ -21,6 +21,8 @@ EXAMPLES = {
     "plan": "prunekit plan configs/iterative_90.yaml\n  prunekit plan configs/multi_group.yaml --plot schedule.png",
     "schedulers": "prunekit schedulers\n  prunekit schedulers --plugin my_package.schedulers",
     "schema": "prunekit schema > prunekit.schema.json",
+    "demo": "prunekit demo\n  prunekit demo --quick --out /tmp/demo",
+    "report": "prunekit report checkpoints/last.pt\n  prunekit report out/checkpoint-500/model.safetensors",
 }
 
 
@@ -98,6 +100,40 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from prunekit.demo import run_from_args
+
+    return run_from_args(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from prunekit.checkpoint_report import analyse, load_weights
+
+    tensors, pruning = load_weights(args.checkpoint)
+    rows = analyse(tensors)
+    if not rows:
+        raise ValueError(f"{args.checkpoint}: no weight tensors with 2 or more dimensions")
+    targets: dict[str, str] = {}
+    if pruning is not None:
+        for group_name, group in pruning["groups"].items():
+            for layer in group.get("layers", []):
+                targets[layer] = f"{group_name} ({group.get('ratio', 0):.3f})"
+    table = []
+    for row in rows:
+        line = [row.name, "x".join(map(str, row.shape)), f"{row.sparsity:.2%}", ", ".join(row.patterns) or "-"]
+        if pruning is not None:
+            line.append(targets.get(row.name, "-"))
+        table.append(line)
+    headers = ["layer", "shape", "sparsity", "zeros satisfy"] + (["pruner (ratio in force)"] if pruning is not None else [])
+    print(_table(headers, table))
+    total = sum(r.numel for r in rows)
+    zeros = sum(round(r.sparsity * r.numel) for r in rows)
+    print(f"\n{len(rows)} layers, {total:,} weights, {zeros / total:.2%} zero overall")
+    if pruning is not None:
+        print(f"prunekit pruning state: global_step {pruning['global_step']}, {len(pruning.get('history', []))} event(s)")
+    return 0
+
+
 def cmd_schedulers(args: argparse.Namespace) -> int:
     from prunekit.registry import SCHEDULERS
 
@@ -172,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("plan", cmd_plan, "Print each group's schedule: event steps and target sparsity.")
     p.add_argument("config", help="YAML file")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the sparsity curves (needs matplotlib)")
+    p = add("demo", cmd_demo, "Train, prune and fine-tune a small network on real data; print one table.")
+    from prunekit.demo import add_arguments
+
+    add_arguments(p)
+    p = add("report", cmd_report, "Per-layer shape, element-wise sparsity and the patterns the zeros satisfy.")
+    p.add_argument("checkpoint", help="a state_dict, a training checkpoint (.pt/.ckpt) or a model.safetensors")
     add("schedulers", cmd_schedulers, "List registered schedulers (weight and data), plugins included.")
     add("schema", cmd_schema, "Print the JSON Schema of the config (for editor completion).")
     return parser

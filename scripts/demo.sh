@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python examples/end_to_end.py "$@"
+exec .venv/bin/prunekit demo "$@"

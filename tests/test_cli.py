@@ -73,7 +73,98 @@ def test_schema_is_json():
     assert "PrunerConfig" in schema["$defs"]
 
 
-@pytest.mark.parametrize("command", ["validate", "plan", "schedulers", "schema"])
+@pytest.mark.parametrize("command", ["validate", "plan", "schedulers", "schema", "report", "demo"])
 def test_every_command_help_has_an_example(command):
     result = run(command, "--help")
     assert result.returncode == 0 and "example:" in result.stdout and "prunekit " in result.stdout
+
+
+MODEL_MODULE = '''
+from torch import nn
+
+def build():
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+
+class _Head(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(10, 6)
+        self.head = nn.Linear(6, 3)
+
+def build_odd():
+    return _Head()
+'''
+
+
+def test_validate_with_a_model_lists_the_layers_each_group_prunes(tmp_path):
+    (tmp_path / "my_models.py").write_text(MODEL_MODULE)
+    config = tmp_path / "c.yaml"
+    config.write_text("pruners:\n  - name: hidden\n    op_types: [Linear]\n    pattern: 4x1\n    target_sparsity: 0.5\n")
+    result = run("validate", str(config), "--model", "my_models:build", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "hidden  0      Linear  32x16" in result.stdout and "hidden  2      Linear  8x32" in result.stdout
+    assert "2 layer(s), 768 weights" in result.stdout
+
+
+def test_validate_with_a_model_reports_selectors_and_patterns_that_do_not_fit(tmp_path):
+    (tmp_path / "my_models.py").write_text(MODEL_MODULE)
+    config = tmp_path / "c.yaml"
+    config.write_text("pruners:\n  - op_names: ['^bodi$']\n    target_sparsity: 0.5\n")
+    result = run("validate", str(config), "--model", "my_models:build_odd", cwd=tmp_path)
+    assert result.returncode == 1 and "body" in result.stderr  # the close name is suggested
+    config.write_text("pruners:\n  - op_names: ['^body$']\n    pattern: '2:4'\n    target_sparsity: 0.5\n")
+    result = run("validate", str(config), "--model", "my_models:build_odd", cwd=tmp_path)
+    assert result.returncode == 1 and "body" in result.stderr and "4" in result.stderr
+
+
+def test_report_shows_sparsity_and_satisfied_patterns(tmp_path):
+    import torch
+    from torch import nn
+
+    import prunekit as pk
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    session = pk.Pruning(
+        model,
+        {"pruners": [
+            {"name": "nm", "op_names": ["^0$"], "pattern": "2:4", "target_sparsity": 0.5},
+            {"name": "blocks", "op_names": ["^2$"], "pattern": "1xchannel", "target_sparsity": 0.5},
+        ]},
+    )
+    session.prune_now()
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    torch.save({"model": model.state_dict(), "pruning": session.state_dict(), "epoch": 1}, tmp_path / "full.pt")
+    plain = run("report", str(tmp_path / "plain.pt"))
+    assert plain.returncode == 0, plain.stderr
+    rows = {line.split()[0]: line for line in plain.stdout.splitlines()[2:] if line.strip() and line[0].isdigit()}
+    assert "50.00%" in rows["0"] and "2:4" in rows["0"]
+    assert "50.00%" in rows["2"] and "1xchannel" in rows["2"]
+    full = run("report", str(tmp_path / "full.pt"))
+    assert full.returncode == 0, full.stderr
+    assert "nm (0.500)" in full.stdout and "global_step 1, 2 event(s)" in full.stdout
+    missing = run("report", str(tmp_path / "nope.pt"))
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+def test_demo_quick_prints_the_table_and_writes_plots(tmp_path):
+    pytest.importorskip("sklearn")
+    result = run("demo", "--quick", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    rows = {line[:32].strip(): line[32:].split() for line in lines if "%" in line and not line.startswith("run")}
+    assert list(rows) == [
+        "dense",
+        "dense + 200 more steps",
+        "one-shot 90%, no fine-tuning",
+        "one-shot 90% + fine-tuning",
+        "iterative 90% (gradual)",
+        "2:4 semi-structured",
+    ]
+    sparsity = {label: float(values[0].rstrip("%")) for label, values in rows.items()}
+    assert sparsity["dense"] == 0.0
+    assert sparsity["one-shot 90% + fine-tuning"] == pytest.approx(90.0, abs=0.1)
+    assert sparsity["iterative 90% (gradual)"] == pytest.approx(90.0, abs=0.1)
+    assert sparsity["2:4 semi-structured"] == pytest.approx(50.0, abs=0.1)
+    assert all(0 <= float(values[1].rstrip("%")) <= 100 for values in rows.values())
+    assert (tmp_path / "out" / "schedules.png").is_file() and (tmp_path / "out" / "layer_sparsity.png").is_file()

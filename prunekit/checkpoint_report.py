@@ -1,0 +1,146 @@
+"""What a checkpoint's sparsity really is: per-layer shape, element-wise sparsity, and which
+patterns its zeros satisfy (``prunekit report CHECKPOINT``).
+
+Accepted files (``torch.load``): a model ``state_dict``; a training checkpoint holding one under
+``model``, ``state_dict``, ``model_state_dict`` or ``module`` (Lightning's ``state_dict`` included);
+a Hugging Face ``model.safetensors``. Every floating tensor with at least 2 dimensions whose name
+ends in ``weight`` is a layer. The 2-D view is the one the pruner uses for ``Linear`` / ``Conv``
+(``[out, k... · in]``); a state dict does not say which 2-D weights are transposed (GPT-2's
+``Conv1D``), so those are read as ``[out, in]``.
+
+A pattern is *satisfied* when the zeros are exactly a union of its units: ``NxM`` blocks entirely
+zero or entirely kept beside each other (and at least one block zero); ``N:M``: every group of M
+consecutive input weights holds at least N zeros (``2:4``-compliant: the layout sparse tensor
+cores accelerate); ``channelx1`` / ``1xchannel``: whole input columns / output rows are zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+__all__ = ["LayerSparsity", "load_weights", "analyse", "satisfied_patterns", "CHECKED_PATTERNS"]
+
+#: the patterns ``report`` checks, in the order they are listed
+CHECKED_PATTERNS = ("2:4", "1:4", "4x1", "1x4", "channelx1", "1xchannel")
+_STATE_KEYS = ("model", "state_dict", "model_state_dict", "module")
+
+
+@dataclass(frozen=True)
+class LayerSparsity:
+    """One layer of a checkpoint: name, shape, element-wise sparsity and satisfied patterns."""
+
+    name: str
+    shape: tuple[int, ...]
+    sparsity: float
+    patterns: tuple[str, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The tensors of a checkpoint and, if it holds one, a prunekit ``Pruning.state_dict()``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path))), None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - older checkpoints pickle plain Python objects too
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    pruning = _find_pruning_state(obj)
+    tensors = _find_state_dict(obj)
+    if tensors is None:
+        raise ValueError(
+            f"{path}: no model weights found; expected a state_dict or a checkpoint with one of the keys {', '.join(_STATE_KEYS)}"
+        )
+    return tensors, pruning
+
+
+def _find_pruning_state(obj: Any) -> dict[str, Any] | None:
+    if isinstance(obj, Mapping):
+        if "groups" in obj and "global_step" in obj and "config" in obj:
+            return dict(obj)
+        for value in obj.values():
+            if isinstance(value, Mapping):
+                found = _find_pruning_state(value)
+                if found is not None:
+                    return found
+    return None
+
+
+def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, Mapping):
+        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            return tensors
+        for key in _STATE_KEYS:
+            if key in obj:
+                found = _find_state_dict(obj[key])
+                if found is not None:
+                    return found
+    elif hasattr(obj, "state_dict"):
+        return _find_state_dict(obj.state_dict())
+    return None
+
+
+def as_2d(weight: torch.Tensor) -> torch.Tensor:
+    """``[out, in]`` for 2-D weights, ``[out, k... · in]`` for convolutions."""
+    if weight.dim() == 2:
+        return weight
+    return weight.permute(0, *range(2, weight.dim()), 1).reshape(weight.shape[0], -1)
+
+
+def satisfied_patterns(zero2d: torch.Tensor) -> tuple[str, ...]:
+    """The patterns of :data:`CHECKED_PATTERNS` that the zero set ``zero2d`` (bool, 2-D) satisfies."""
+    if not bool(zero2d.any()):
+        return ()
+    rows, cols = zero2d.shape
+    found = []
+    for pattern in CHECKED_PATTERNS:
+        if ":" in pattern:
+            n, m = (int(x) for x in pattern.split(":"))
+            if cols % m == 0 and bool((zero2d.reshape(rows, cols // m, m).sum(-1) >= n).all()):
+                found.append(pattern)
+        elif pattern == "channelx1":
+            if bool((zero2d.all(0) == zero2d.any(0)).all()):
+                found.append(pattern)
+        elif pattern == "1xchannel":
+            if bool((zero2d.all(1) == zero2d.any(1)).all()):
+                found.append(pattern)
+        else:
+            br, bc = (int(x) for x in pattern.split("x"))
+            if rows % br == 0 and cols % bc == 0:
+                blocks = zero2d.reshape(rows // br, br, cols // bc, bc)
+                if bool((blocks.all(3).all(1) == blocks.any(3).any(1)).all()):
+                    found.append(pattern)
+    return tuple(found)
+
+
+def analyse(tensors: Mapping[str, torch.Tensor]) -> list[LayerSparsity]:
+    """One row per weight tensor (floating, at least 2-D, name ending in ``weight``)."""
+    rows = []
+    for name, tensor in tensors.items():
+        if not (name.endswith("weight") and tensor.is_floating_point() and tensor.dim() >= 2):
+            continue
+        zero = as_2d(tensor) == 0
+        rows.append(
+            LayerSparsity(
+                name=name.removesuffix(".weight"),
+                shape=tuple(tensor.shape),
+                sparsity=float(zero.float().mean()) if zero.numel() else 0.0,
+                patterns=satisfied_patterns(zero),
+            )
+        )
+    return rows
