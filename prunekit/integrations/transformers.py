@@ -41,6 +41,7 @@ except ImportError as err:  # pragma: no cover - depends on what is installed
 
 from prunekit.config import PruningConfig, load_config
 from prunekit.errors import PruningError
+from prunekit.integrations._common import group_sparsity_metrics
 from prunekit.pruner.session import Pruning
 
 __all__ = ["PruningTrainerCallback", "STATE_FILE", "unwrap_optimizer"]
@@ -144,9 +145,4 @@ class PruningTrainerCallback(TrainerCallback):
     def sparsity_metrics(self) -> dict[str, float]:
         """``{"sparsity/<group>": element-wise sparsity of the group's live weights}``."""
         assert self.pruning is not None
-        per_group: dict[str, list[int]] = {}
-        for row in self.pruning.report():
-            zeros_total = per_group.setdefault(f"sparsity/{row.pruner}", [0, 0])
-            zeros_total[0] += round(row.sparsity * row.numel)
-            zeros_total[1] += row.numel
-        return {name: zeros / total for name, (zeros, total) in per_group.items()}
+        return group_sparsity_metrics(self.pruning)
