@@ -2,15 +2,21 @@
 
 On a 50M-parameter MLP (3 x Linear(4096, 4096), batch 32, CPU by default):
 
-1. one training step (SGD with momentum): dense; prunekit attached between events (magnitude,
-   and snip_momentum accumulating its scores); ``WeightNormSparsifier`` (a parametrization in the
-   forward pass); ``torch.nn.utils.prune`` (a forward pre-hook);
+1. one training step, SGD with momentum and AdamW: dense; prunekit attached with masks at 0.9
+   after the last event (magnitude: only the gradient masking runs) and inside the pruning window
+   (snip_momentum 4x1 accumulating its scores between events); ``WeightNormSparsifier`` (a
+   parametrization in the forward pass); ``torch.nn.utils.prune`` (a forward pre-hook). Variants
+   are interleaved round by round; the median step of every round is shown;
 2. one mask update at sparsity 0.9 (2:4 at 0.5, its maximum): prunekit's event (1x1 local, 1x1
-   global, 4x1, 2:4) against ``WeightNormSparsifier.step()`` and ``prune.global_unstructured``:
-   time and peak extra memory (process RSS high-water mark above the RSS before the update;
-   glibc is told to mmap every block >= 64 KiB so freed memory leaves the RSS).
+   global, 4x1, 2:4) against ``WeightNormSparsifier.step()`` with the equivalent block settings
+   and ``prune.global_unstructured``: time and peak extra memory (process RSS high-water mark
+   above the RSS before the update; glibc is told to mmap every block >= 64 KiB so freed memory
+   leaves the RSS);
+3. scale: prunekit's 1x1 local and global mask update at 10M, 50M and 200M parameters.
 
-Run: ``python benchmarks/bench_pruner.py [--steps 8] [--device cpu]``. Prints a table.
+Run: ``python benchmarks/bench_pruner.py [--steps 4] [--rounds 3] [--threads 1] [--device cpu]``.
+``--threads`` defaults to 1: on a shared 2-core machine two threads per op make timings
+unstable (an op waits for a descheduled thread).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from _machine import print_machine  # noqa: E402
 from prunekit.pruner import Pruning  # noqa: E402
 
 WIDTH, DEPTH, BATCH = 4096, 3, 32
+SCALES = {"10M": 1824, "50M": 4096, "200M": 8192}
 
 
 def _fix_malloc() -> None:
@@ -78,11 +85,11 @@ def peak_extra_mib(fn: Callable[[], object], device: str) -> tuple[float, float 
     return elapsed, (peak - before) / 1024 if before is not None and peak is not None else None
 
 
-def build(device: str) -> nn.Sequential:
+def build(device: str, width: int = WIDTH) -> nn.Sequential:
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     for i in range(DEPTH):
-        layers.append(nn.Linear(WIDTH, WIDTH))
+        layers.append(nn.Linear(width, width))
         if i < DEPTH - 1:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers).to(device)
@@ -92,7 +99,7 @@ def linear_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
-def time_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: int, device: str, warmup: int = 2) -> float:
+def time_steps(model: nn.Module, opt: torch.optim.Optimizer, steps: int, device: str, warmup: int = 1) -> float:
     x = torch.randn(BATCH, WIDTH, device=device)
     y = torch.randn(BATCH, WIDTH, device=device)
     times = []
@@ -112,107 +119,220 @@ def sgd(params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=1e-3, momentum=0.9)
 
 
+def adamw(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+
+
 def oneshot_cfg(pattern: str, target: float, scope: str = "local", criterion: str = "magnitude", scheduler=None) -> dict:
     return {"pruners": [{"pattern": pattern, "target_sparsity": target, "scope": scope, "criterion": criterion,
                          "scheduler": scheduler or {"type": "oneshot", "start_step": 0}}]}
 
 
-def bench_steps(steps: int, device: str) -> list[tuple[str, float]]:
-    rows = []
-    model = build(device)
-    rows.append(("dense", time_steps(model, sgd(model.parameters()), steps, device)))
+def _prime_masks(session: Pruning, model: nn.Module, target: float) -> None:
+    """Give an in-window session masks at ``target`` (as after an event) without running one."""
+    with torch.no_grad():
+        for group in session.groups:
+            for layer in group.layers:
+                w = layer.weight.detach().abs().view(-1)
+                k = int(target * w.numel())
+                t = torch.kthvalue(w, k).values
+                group.mask8[layer.name].copy_(-(layer.weight.detach().abs() > t).to(torch.int8))
+                layer.weight.mul_(group.mask8[layer.name] != 0)
+            group.has_pruned = True
 
-    model = build(device)
-    opt = sgd(model.parameters())
-    Pruning(model, oneshot_cfg("1x1", 0.9)).attach(opt)  # warm-up step 0 is the event
-    rows.append(("prunekit magnitude 1x1 (between events)", time_steps(model, opt, steps, device)))
 
-    model = build(device)
-    opt = sgd(model.parameters())
-    window = {"type": "iterative", "start_step": 0, "end_step": 100000, "frequency": 50000}
-    Pruning(model, oneshot_cfg("4x1", 0.9, criterion="snip_momentum", scheduler=window)).attach(opt)
-    rows.append(("prunekit snip_momentum 4x1 (between events)", time_steps(model, opt, steps, device)))
+def _variants(device: str) -> list[tuple[str, Callable[[], tuple[nn.Module, torch.optim.Optimizer]]]]:
+    def dense(make_opt):
+        def f():
+            model = build(device)
+            return model, make_opt(model.parameters())
+        return f
 
+    def magnitude(make_opt):
+        def f():
+            model = build(device)
+            opt = make_opt(model.parameters())
+            Pruning(model, oneshot_cfg("1x1", 0.9)).attach(opt)  # the warm-up step is the event; then outside the window
+            return model, opt
+        return f
+
+    def snip(make_opt):
+        def f():
+            model = build(device)
+            opt = make_opt(model.parameters())
+            window = {"type": "iterative", "start_step": 0, "end_step": 100000, "frequency": 50000}
+            session = Pruning(model, oneshot_cfg("4x1", 0.9, criterion="snip_momentum", scheduler=window)).attach(opt)
+            _prime_masks(session, model, 0.9)
+            return model, opt
+        return f
+
+    def wns():
+        from torch.ao.pruning import WeightNormSparsifier
+
+        model = build(device)
+        sparsifier = WeightNormSparsifier(sparsity_level=0.9, sparse_block_shape=(1, 1), zeros_per_block=1)
+        sparsifier.prepare(model, [{"tensor_fqn": f"{n}.weight"} for n in linear_names(model)])
+        sparsifier.step()
+        return model, sgd(model.parameters())
+
+    def hooks():
+        from torch.nn.utils import prune
+
+        model = build(device)
+        for n in linear_names(model):
+            prune.l1_unstructured(model.get_submodule(n), "weight", amount=0.9)
+        return model, sgd(model.parameters())
+
+    return [
+        ("SGD dense", dense(sgd)),
+        ("SGD prunekit magnitude 1x1 (after last event)", magnitude(sgd)),
+        ("SGD prunekit snip_momentum 4x1 (in window)", snip(sgd)),
+        ("SGD torch.ao WeightNormSparsifier (parametrized)", wns),
+        ("SGD torch.nn.utils.prune (forward pre-hook)", hooks),
+        ("AdamW dense", dense(adamw)),
+        ("AdamW prunekit magnitude 1x1 (after last event)", magnitude(adamw)),
+        ("AdamW prunekit snip_momentum 4x1 (in window)", snip(adamw)),
+    ]
+
+
+def bench_steps(steps: int, rounds: int, device: str) -> list[tuple[str, float, float]]:
+    """``(name, median ms, median ratio to the dense step of the same optimizer and round)``."""
+    built = [(name, make()) for name, make in _variants(device)]
+    times: dict[str, list[float]] = {name: [] for name, _ in built}
+    ratios: dict[str, list[float]] = {name: [] for name, _ in built}
+    for r in range(rounds):
+        order = built if r % 2 == 0 else built[::-1]  # interleaved, alternating order
+        this: dict[str, float] = {}
+        for name, (model, opt) in order:
+            this[name] = time_steps(model, opt, steps, device)
+            times[name].append(this[name])
+        for name in this:
+            dense = this["AdamW dense" if name.startswith("AdamW") else "SGD dense"]
+            ratios[name].append(this[name] / dense)
+    return [(name, statistics.median(times[name]), statistics.median(ratios[name])) for name, _ in built]
+
+
+def _measure(fn_factory: Callable[[], Callable[[], object]], device: str, repeats: int) -> tuple[float, float | None]:
+    """Median time and median peak extra memory of ``fn_factory()()`` over ``repeats`` runs."""
+    results = []
+    for _ in range(repeats):
+        fn = fn_factory()
+        results.append(peak_extra_mib(fn, device))
+        del fn
+    t = statistics.median(r[0] for r in results)
+    mems = [r[1] for r in results if r[1] is not None]
+    return t, (statistics.median(mems) if mems else None)
+
+
+def _prunekit_update(model: nn.Module, saved: dict, pattern: str, target: float, scope: str) -> Callable[[], object]:
+    model.load_state_dict(saved)
+    session = Pruning(model, oneshot_cfg(pattern, target, scope))
+
+    def run() -> None:
+        session.on_before_optimizer_step()
+        session.on_after_optimizer_step()
+
+    return run
+
+
+def bench_updates(device: str, repeats: int) -> list[tuple[str, float, float | None, str, float, float | None]]:
+    """Rows ``(prunekit case, s, MiB, peer, s, MiB)``; runs alternate prunekit / peer."""
     from torch.ao.pruning import WeightNormSparsifier
-
-    model = build(device)
-    sparsifier = WeightNormSparsifier(sparsity_level=0.9, sparse_block_shape=(1, 1), zeros_per_block=1)
-    sparsifier.prepare(model, [{"tensor_fqn": f"{n}.weight"} for n in linear_names(model)])
-    sparsifier.step()
-    rows.append(("torch.ao WeightNormSparsifier (parametrized)", time_steps(model, sgd(model.parameters()), steps, device)))
-
     from torch.nn.utils import prune
 
     model = build(device)
-    for n in linear_names(model):
-        prune.l1_unstructured(model.get_submodule(n), "weight", amount=0.9)
-    rows.append(("torch.nn.utils.prune (forward pre-hook)", time_steps(model, sgd(model.parameters()), steps, device)))
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def wns(level: float, block: tuple[int, int], zeros: int) -> Callable[[], Callable[[], object]]:
+        def factory() -> Callable[[], object]:
+            model.load_state_dict(saved)
+            sp = WeightNormSparsifier(sparsity_level=level, sparse_block_shape=block, zeros_per_block=zeros)
+            sp.prepare(model, [{"tensor_fqn": f"{n}.weight"} for n in linear_names(model)])
+
+            def run() -> None:
+                sp.step()
+
+            run.cleanup = sp.squash_mask  # type: ignore[attr-defined]
+            return run
+        return factory
+
+    def global_unstructured() -> Callable[[], object]:
+        fresh = build(device)
+        params = [(fresh.get_submodule(n), "weight") for n in linear_names(fresh)]
+        return lambda: prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.9)
+
+    cases = [
+        ("1x1 local", "1x1", 0.9, "local", "WeightNormSparsifier (1,1) 0.9", wns(0.9, (1, 1), 1)),
+        ("1x1 global", "1x1", 0.9, "global", "prune.global_unstructured 0.9", global_unstructured),
+        ("4x1 local", "4x1", 0.9, "local", "WeightNormSparsifier (4,1) 0.9", wns(0.9, (4, 1), 4)),
+        ("2:4 local (0.5)", "2:4", 0.5, "local", "WeightNormSparsifier 2:4 (1,4)/2", wns(1.0, (1, 4), 2)),
+    ]
+    rows = []
+    for label, pattern, target, scope, peer_name, peer in cases:
+        mine, theirs = [], []
+        for _ in range(repeats):  # interleaved
+            mine.append(peak_extra_mib(_prunekit_update(model, saved, pattern, target, scope), device))
+            run = peer()
+            theirs.append(peak_extra_mib(run, device))
+            getattr(run, "cleanup", lambda: None)()
+            del run
+            gc.collect()
+        med = lambda rs, i: statistics.median(r[i] for r in rs) if all(r[i] is not None for r in rs) else None  # noqa: E731
+        rows.append((label, med(mine, 0), med(mine, 1), peer_name, med(theirs, 0), med(theirs, 1)))
     return rows
 
 
-def bench_updates(device: str, repeats: int) -> list[tuple[str, float, float | None]]:
+def bench_scale(device: str, repeats: int) -> list[tuple[str, int, float, float | None]]:
     rows = []
-    cases = [("1x1 local", "1x1", 0.9, "local"), ("1x1 global", "1x1", 0.9, "global"),
-             ("4x1 local", "4x1", 0.9, "local"), ("2:4 local (0.5)", "2:4", 0.5, "local")]
-    model = build(device)
-    saved = {k: v.clone() for k, v in model.state_dict().items()}
-    for label, pattern, target, scope in cases:
-        best: tuple[float, float | None] = (float("inf"), None)
-        for _ in range(repeats):
-            model.load_state_dict(saved)
-            session = Pruning(model, oneshot_cfg(pattern, target, scope))
-            result = peak_extra_mib(session.on_before_optimizer_step, device)
-            session.on_after_optimizer_step()
-            best = min(best, result, key=lambda r: r[0])
-            del session
-        rows.append((f"prunekit {label}", *best))
-
-    from torch.ao.pruning import WeightNormSparsifier
-
-    best = (float("inf"), None)
-    for _ in range(repeats):
-        model.load_state_dict(saved)
-        sparsifier = WeightNormSparsifier(sparsity_level=0.9, sparse_block_shape=(1, 1), zeros_per_block=1)
-        sparsifier.prepare(model, [{"tensor_fqn": f"{n}.weight"} for n in linear_names(model)])
-        best = min(best, peak_extra_mib(sparsifier.step, device), key=lambda r: r[0])
-        sparsifier.squash_mask()
-    rows.append(("torch.ao WeightNormSparsifier.step()", *best))
-
-    from torch.nn.utils import prune
-
-    best = (float("inf"), None)
-    for _ in range(repeats):
-        fresh = build(device)
-        params = [(fresh.get_submodule(n), "weight") for n in linear_names(fresh)]
-        best = min(best, peak_extra_mib(lambda: prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.9), device), key=lambda r: r[0])
-        del fresh, params
-    rows.append(("torch.nn.utils.prune.global_unstructured", *best))
+    for label, width in SCALES.items():
+        model = build(device, width)
+        saved = {k: v.clone() for k, v in model.state_dict().items()}
+        n = DEPTH * width * width
+        for scope in ("local", "global"):
+            runs = [peak_extra_mib(_prunekit_update(model, saved, "1x1", 0.9, scope), device) for _ in range(repeats)]
+            rows.append((f"{label} 1x1 {scope}", n, statistics.median(r[0] for r in runs),
+                         statistics.median(r[1] for r in runs) if all(r[1] is not None for r in runs) else None))
+        del model, saved
+        gc.collect()
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=8, help="timed training steps per variant")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of each mask update (best is shown)")
+    parser.add_argument("--steps", type=int, default=4, help="timed training steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the step benchmark")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each mask update (median is shown)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (benchmark only)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: steps,updates,scale")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    skip = set(filter(None, args.skip.split(",")))
     _fix_malloc()
     print_machine(args.device)
     pruned_mib = DEPTH * WIDTH * WIDTH * 4 / 2**20
     print(f"\nmodel: {DEPTH} x Linear({WIDTH}, {WIDTH}), batch {BATCH}; pruned weights {pruned_mib:.0f} MiB\n")
 
-    steps = bench_steps(args.steps, args.device)
-    dense = steps[0][1]
-    print(f"{'training step (median)':<48} {'ms':>9} {'vs dense':>9}")
-    for name, t in steps:
-        print(f"{name:<48} {t * 1e3:>9.1f} {(t / dense - 1) * 100:>+8.1f}%")
+    if "steps" not in skip:
+        steps = bench_steps(args.steps, args.rounds, args.device)
+        print(f"{'training step (median of %d rounds)' % args.rounds:<52} {'ms':>9} {'vs dense':>9}")
+        for name, t, ratio in steps:
+            print(f"{name:<52} {t * 1e3:>9.1f} {(ratio - 1) * 100:>+8.1f}%")
 
-    updates = bench_updates(args.device, args.repeats)
-    print(f"\n{'mask update at 0.9 (best of %d)' % args.repeats:<48} {'ms':>9} {'peak MiB':>9} {'/ pruned':>9}")
-    for name, t, mib in updates:
-        mem = f"{mib:>9.1f}" if mib is not None else f"{'n/a':>9}"
-        frac = f"{mib / pruned_mib:>9.2f}" if mib is not None else f"{'n/a':>9}"
-        print(f"{name:<48} {t * 1e3:>9.1f} {mem} {frac}")
+    if "updates" not in skip:
+        updates = bench_updates(args.device, args.repeats)
+        print(f"\n{'mask update (median of %d)' % args.repeats:<18} {'prunekit ms':>11} {'/pruned':>8} "
+              f"{'peer':<34} {'peer ms':>9} {'/pruned':>8} {'speed-up':>8}")
+        for label, t, mib, peer, pt, pmib in updates:
+            frac = f"{mib / pruned_mib:>8.2f}" if mib is not None else f"{'n/a':>8}"
+            pfrac = f"{pmib / pruned_mib:>8.2f}" if pmib is not None else f"{'n/a':>8}"
+            print(f"{label:<18} {t * 1e3:>11.1f} {frac} {peer:<34} {pt * 1e3:>9.1f} {pfrac} {pt / t:>7.1f}x")
+
+    if "scale" not in skip:
+        print(f"\n{'scale (1x1 at 0.9, median of 2)':<24} {'params':>12} {'ms':>9} {'ns/param':>9} {'/pruned':>8}")
+        for label, n, t, mib in bench_scale(args.device, 2):
+            frac = f"{mib * 2**20 / (4 * n):>8.2f}" if mib is not None else f"{'n/a':>8}"
+            print(f"{label:<24} {n:>12,} {t * 1e3:>9.1f} {t / n * 1e9:>9.2f} {frac}")
 
 
 if __name__ == "__main__":

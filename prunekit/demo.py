@@ -120,7 +120,7 @@ class DemoResult:
 def run_demo(quick: bool = False, seed: int = 0, configs: Path = DEFAULT_CONFIGS, out: Path | None = None) -> DemoResult:
     """Train, prune every run of :data:`RUNS`, return the results; writes plots into ``out``."""
     torch.manual_seed(seed)
-    dense_steps, tune_steps = (300, 200) if quick else (1500, 600)
+    dense_steps, tune_steps = (200, 110) if quick else (1500, 600)
     data = load_digits(seed)
     dense = MLP()
     train(dense, data, dense_steps, 1e-3, seed, desc="dense training")
@@ -132,6 +132,8 @@ def run_demo(quick: bool = False, seed: int = 0, configs: Path = DEFAULT_CONFIGS
     for label, config_name, fine_tune in RUNS:
         model = copy.deepcopy(dense)
         config = pk.load_config(configs / config_name)
+        if quick:  # a quarter of every schedule, so that the short fine-tuning still completes it
+            config = compress_schedules(config, 4)
         pruning = pk.prepare_pruning(model, config)
         if fine_tune:
             train(model, data, tune_steps, 3e-4, seed + 1, pruning, desc=label)
@@ -145,6 +147,18 @@ def run_demo(quick: bool = False, seed: int = 0, configs: Path = DEFAULT_CONFIGS
     if out is not None:
         write_plots(results, schedules, out)
     return DemoResult(results, len(data.x_train), len(data.x_test))
+
+
+def compress_schedules(config: "pk.PruningConfig", factor: int) -> "pk.PruningConfig":
+    """``config`` with every scheduler's steps divided by ``factor`` (frequency at least 1)."""
+    data = config.model_dump()
+    for group in data["pruners"]:
+        sched = group["scheduler"]
+        sched["start_step"] //= factor
+        if sched.get("end_step") is not None:
+            sched["end_step"] //= factor
+        sched["frequency"] = max(1, sched["frequency"] // factor)
+    return pk.load_config(data)
 
 
 def write_plots(results: Sequence[RunResult], schedules: dict, out: Path) -> list[Path]:

@@ -137,7 +137,8 @@ def test_report_shows_sparsity_and_satisfied_patterns(tmp_path):
     torch.save({"model": model.state_dict(), "pruning": session.state_dict(), "epoch": 1}, tmp_path / "full.pt")
     plain = run("report", str(tmp_path / "plain.pt"))
     assert plain.returncode == 0, plain.stderr
-    rows = {line.split()[0]: line for line in plain.stdout.splitlines()[2:] if line.strip() and line[0].isdigit()}
+    table = plain.stdout.split("\n\n")[0].splitlines()[2:]  # the rows, without the summary below them
+    rows = {line.split()[0]: line for line in table}
     assert "50.00%" in rows["0"] and "2:4" in rows["0"]
     assert "50.00%" in rows["2"] and "1xchannel" in rows["2"]
     full = run("report", str(tmp_path / "full.pt"))
@@ -155,7 +156,7 @@ def test_demo_quick_prints_the_table_and_writes_plots(tmp_path):
     rows = {line[:32].strip(): line[32:].split() for line in lines if "%" in line and not line.startswith("run")}
     assert list(rows) == [
         "dense",
-        "dense + 200 more steps",
+        "dense + 110 more steps",
         "one-shot 90%, no fine-tuning",
         "one-shot 90% + fine-tuning",
         "iterative 90% (gradual)",

@@ -18,8 +18,10 @@ from prunekit.config import PrunerConfig
 from prunekit.errors import PruningError
 from prunekit.registry import CRITERIA, get_scheduler
 from prunekit.pruner.criteria import Criterion
-from prunekit.pruner.masks import apply_mask_, mask_grad_, mask_optimizer_state_
-from prunekit.pruner.patterns import BlockPattern, NMPattern, make_pattern
+from prunekit.pruner.grids import BlockGrid, StreamGrid, TensorGrid
+from prunekit.pruner import masks as _masks
+from prunekit.pruner.masks import apply_mask_, kept_bool, mark_pruned_, mask_grad_, mask_optimizer_state_, new_mask, zero_pruned_
+from prunekit.pruner.patterns import PRUNED, BlockPattern, NMPattern, make_pattern
 from prunekit.pruner.scope import element_budget, global_budgets, select_blocks
 from prunekit.pruner.selection import Layer
 from prunekit.schedulers.base import PruningEvent, Scheduler
@@ -46,17 +48,17 @@ class PruningRecord:
 class _MaskView(Mapping[str, torch.Tensor]):
     """``{layer name: kept mask}`` for schedulers, computed on access (most schedulers never look)."""
 
-    def __init__(self, pruned: dict[str, torch.Tensor]) -> None:
-        self._pruned = pruned
+    def __init__(self, masks: dict[str, torch.Tensor]) -> None:
+        self._masks = masks
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        return ~self._pruned[name]
+        return kept_bool(self._masks[name])
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._pruned)
+        return iter(self._masks)
 
     def __len__(self) -> int:
-        return len(self._pruned)
+        return len(self._masks)
 
 
 def _distributed() -> bool:
@@ -65,8 +67,25 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def _row_block(pattern: BlockPattern | NMPattern) -> int:
+    """Rows a chunk must be a multiple of (a block's height)."""
+    return pattern.r if isinstance(pattern, BlockPattern) else 1
+
+
+def _res_shape(pattern: BlockPattern | NMPattern) -> tuple[int, int]:
+    """Shape of the resolution scores are kept at (block grid; elements for 1x1 and N:M)."""
+    if isinstance(pattern, BlockPattern) and pattern.block_numel > 1:
+        return pattern.grid_rows, pattern.grid_cols
+    return pattern.rows, pattern.cols
+
+
 class PrunerGroup:
-    """The per-group pruner built from a validated :class:`PrunerConfig` and its selected layers."""
+    """The per-group pruner built from a validated :class:`PrunerConfig` and its selected layers.
+
+    Persistent memory: one int8 mask per layer (1 byte per weight, see :mod:`prunekit.pruner.masks`),
+    ``snip_momentum`` scores at block resolution inside the pruning window (dropped after the last
+    event), and one chunk-sized float32 scratch buffer per device. Nothing is kept per step.
+    """
 
     def __init__(self, config: PrunerConfig, layers: list[Layer]) -> None:
         self.config = config
@@ -85,10 +104,9 @@ class PrunerGroup:
                     f"the layer with excluded_op_names"
                 )
             self.patterns[layer.name] = make_pattern(spec, layer.layout, where=where)
-        #: True = pruned (the inverse of the public masks: ``masked_fill_`` with it is the fastest exact zeroing)
-        self.pruned: dict[str, torch.Tensor] = {
-            layer.name: torch.zeros(layer.weight.shape, dtype=torch.bool, device=layer.weight.device) for layer in layers
-        }
+        #: int8 masks, -1 = kept, 0 = pruned (1 byte per weight; see prunekit.pruner.masks)
+        self.mask8: dict[str, torch.Tensor] = {layer.name: new_mask(layer.weight) for layer in layers}
+        self._pairs = [(layer.weight, self.mask8[layer.name]) for layer in layers]
         self.scores: dict[str, torch.Tensor] = {}
         #: the sparsity ratio in force (the last event's target)
         self.ratio = 0.0
@@ -99,7 +117,7 @@ class PrunerGroup:
     @property
     def masks(self) -> dict[str, torch.Tensor]:
         """``{layer name: bool mask}``, True = kept (new tensors)."""
-        return {name: ~pruned for name, pruned in self.pruned.items()}
+        return {name: kept_bool(mask) for name, mask in self.mask8.items()}
 
     # ------------------------------------------------------------------ per step
     def in_window(self, step: int) -> bool:
@@ -107,28 +125,46 @@ class PrunerGroup:
         return self.scheduler.start_step <= step <= self._last_event_step
 
     def before_step(self, step: int, optimizers: Iterable[torch.optim.Optimizer], sync: bool | None) -> PruningRecord | None:
-        """Accumulate scores, run the event of ``step`` if any, zero the pruned gradients."""
-        if self.criterion.accumulates and self.in_window(step):
-            self._accumulate(step)
-        elif step > self._last_event_step and (self._buffers or self.scores):
-            self._buffers.clear()  # the schedule is over: scores are never read again
-            self.scores.clear()
+        """Accumulate scores, run the event of ``step`` if any, zero the pruned gradients.
+
+        Between events this is one pass over the gradients (fused with the score accumulation of
+        ``snip_momentum``); after the last event only the gradient masking runs. No host
+        synchronisation outside events.
+        """
+        if step > self._last_event_step:
+            if self.scores or self._buffers:
+                self.scores.clear()  # the schedule is over: scores are never read again
+                self._buffers.clear()
+            self.mask_grads()
+            return None
+        accumulate = self.criterion.accumulates and step >= self.scheduler.start_step
         event = self.scheduler.event_at(step)
-        masks = _MaskView(self.pruned) if event is not None else None
-        ratio = self.scheduler.step(step, self.config.target_sparsity, masks=masks)
+        if event is None:
+            if accumulate:
+                self._accumulate(step, mask_grads=self.has_pruned)
+            else:
+                self.mask_grads()
+            return None
+        if accumulate:
+            self._accumulate(step, mask_grads=False)
+        ratio = self.scheduler.step(step, self.config.target_sparsity, masks=_MaskView(self.mask8))
         record = None
-        if ratio is not None and event is not None:
+        if ratio is not None:
             record = self._prune(step, event, ratio, list(optimizers), _distributed() if sync is None else sync)
-        if self.has_pruned:
-            for layer in self.layers:
-                mask_grad_(layer.weight, self.pruned[layer.name])
+        self.mask_grads()
         return record
+
+    def mask_grads(self) -> None:
+        """Zero the gradients of the pruned weights (nothing before the first pruned weight)."""
+        if self.has_pruned:
+            for weight, mask in self._pairs:
+                mask_grad_(weight, mask)
 
     def reapply(self) -> None:
         """Apply every mask to its weight again (after an optimizer step)."""
         if self.has_pruned:
-            for layer in self.layers:
-                apply_mask_(layer.weight, self.pruned[layer.name])
+            for weight, mask in self._pairs:
+                apply_mask_(weight, mask)
 
     def _grad(self, layer: Layer, step: int) -> torch.Tensor | None:
         grad = layer.weight.grad
@@ -140,40 +176,89 @@ class PrunerGroup:
             )
         return grad
 
-    def _scratch(self, layer: Layer) -> torch.Tensor:
-        """A float32 buffer of ``layer``'s weight shape, shared by the layers of a device (no per-step allocation)."""
-        device = layer.weight.device
+    def _chunk_rows(self, layer: Layer) -> int:
+        """Rows of the 2-D view per chunk: about ``_masks.CHUNK`` elements, a multiple of the block height."""
+        pattern = self.patterns[layer.name]
+        r = _row_block(pattern)
+        cols = layer.layout.cols
+        return max(r, (_masks.CHUNK // max(cols, 1)) // r * r)
+
+    def _streamable(self, layer: Layer, grad: torch.Tensor | None) -> bool:
+        """True when chunks of the 2-D view are contiguous slices of the weight (and gradient)."""
+        w = layer.weight
+        return (
+            layer.layout.kind == "linear"
+            and w.is_contiguous()
+            and (grad is None or (grad.is_contiguous() and grad.layout == torch.strided))
+        )
+
+    def _scratch(self, device: torch.device, numel: int) -> torch.Tensor:
+        """A float32 buffer of at least ``numel`` elements on ``device``, shared by the layers (no per-step allocation)."""
         buf = self._buffers.get(device)
-        if buf is None:
-            size = max(l.numel for l in self.layers if l.weight.device == device)
-            buf = self._buffers[device] = torch.empty(size, dtype=torch.float32, device=device)
-        return buf[: layer.numel].view(layer.weight.shape)
+        if buf is None or buf.numel() < numel:
+            buf = self._buffers[device] = torch.empty(numel, dtype=torch.float32, device=device)
+        return buf[:numel]
 
     @torch.no_grad()
-    def _accumulate(self, step: int) -> None:
+    def _accumulate(self, step: int, mask_grads: bool) -> None:
+        """Fold this step's block-reduced scores into ``self.scores`` (optionally masking the gradients in the same pass)."""
         reduce = self.config.reduce
         for layer in self.layers:
-            fresh = self.criterion.score(layer.weight, self._grad(layer, step), out=self._scratch(layer))
-            res = self.patterns[layer.name].resolution(layer.layout.to_2d(fresh), reduce)
-            self.scores[layer.name] = self.criterion.accumulate(self.scores.get(layer.name), res)
+            grad = self._grad(layer, step)
+            pattern = self.patterns[layer.name]
+            mask = self.mask8[layer.name]
+            acc = self.scores.get(layer.name)
+            if acc is None:
+                acc = self.scores[layer.name] = torch.zeros(_res_shape(pattern), dtype=torch.float32, device=layer.weight.device)
+            if not self._streamable(layer, grad):
+                if mask_grads:
+                    mask_grad_(layer.weight, mask)
+                fresh = self.criterion.score(layer.weight, grad, out=self._scratch(layer.weight.device, layer.numel).view(layer.weight.shape))
+                res = pattern.resolution(layer.layout.to_2d(fresh), reduce)
+                self.criterion.accumulate(acc, res)
+                continue
+            rows, cols = layer.layout.rows, layer.layout.cols
+            w2, g2, m2 = layer.weight.detach().view(rows, cols), grad.view(rows, cols), mask.view(rows, cols)
+            per = self._chunk_rows(layer)
+            scratch = self._scratch(layer.weight.device, min(per, rows) * cols)
+            r = _row_block(pattern)
+            for a in range(0, rows, per):
+                b = min(a + per, rows)
+                if mask_grads:
+                    zero_pruned_(g2[a:b], m2[a:b])
+                s = self.criterion.score(w2[a:b], g2[a:b], out=scratch[: (b - a) * cols].view(b - a, cols))
+                if isinstance(pattern, BlockPattern) and pattern.block_numel > 1:
+                    res = BlockPattern(b - a, cols, pattern.r, pattern.c).resolution(s, reduce)
+                    self.criterion.accumulate(acc[a // r : -(-b // r)], res)
+                else:
+                    self.criterion.accumulate(acc[a:b], s)
 
     # ------------------------------------------------------------------ events
     @torch.no_grad()
-    def _grid(self, layer: Layer, step: int) -> torch.Tensor:
+    def _grid(self, layer: Layer, step: int) -> BlockGrid:
         pattern = self.patterns[layer.name]
         reduce = self.config.reduce
+        mask = self.mask8[layer.name]
+        mask2d = layer.layout.to_2d(mask)
+        grad = None if not self.criterion.needs_grad else self._grad(layer, step)
         if self.criterion.accumulates:
             res = self.scores.get(layer.name)
             if res is None:
                 raise PruningError(f"pruner {self.name!r}, layer {layer.name!r}: no accumulated scores at step {step}")
-            owned = False
+        streamable = self._streamable(layer, grad)
+        if isinstance(pattern, BlockPattern) and pattern.block_numel == 1 and streamable:
+            grid: BlockGrid = self._stream_grid(layer, pattern, grad)
+        elif self.criterion.accumulates:
+            grid = TensorGrid(pattern.grid(res, mask2d, reduce, owned=False), pattern)
+        elif streamable:
+            grid = TensorGrid(self._chunked_grid(layer, pattern, grad, mask2d), pattern)
         else:
-            score = self.criterion.score(layer.weight, self._grad(layer, step))
+            score = self.criterion.score(layer.weight, grad)
             res = pattern.resolution(layer.layout.to_2d(score), reduce)
-            owned = True  # criteria return fresh tensors: the grid may reuse the memory
-        grid = pattern.grid(res, layer.layout.to_2d(~self.pruned[layer.name]), reduce, owned=owned)
-        # scores are >= 0 or PRUNED: the maximum is NaN or inf exactly when some score is (one pass, no temporary)
-        if not bool(torch.isfinite(grid.max())):
+            grid = TensorGrid(pattern.grid(res, mask2d, reduce, owned=True), pattern)
+        # scores are >= 0 or PRUNED: the maximum is NaN or inf exactly when some score is
+        top = torch.stack([c.max() for _, c in grid.chunks() if c.numel()]).max()
+        if not bool(torch.isfinite(top)):
             source = "weights" if not self.criterion.needs_grad else "weights or gradients"
             raise PruningError(
                 f"pruner {self.name!r}, layer {layer.name!r}: {self.criterion.name} scores at optimizer step {step} are "
@@ -182,6 +267,54 @@ class PrunerGroup:
             )
         return grid
 
+    def _stream_grid(self, layer: Layer, pattern: BlockPattern, grad: torch.Tensor | None) -> StreamGrid:
+        """1x1 scores computed chunk by chunk from the weight (and gradient) or the accumulated scores."""
+        w = layer.weight.detach().view(-1)
+        g = grad.view(-1) if grad is not None else None
+        m = self.mask8[layer.name].view(-1)
+        acc = self.scores[layer.name].view(-1) if self.criterion.accumulates else None
+        scratch = self._scratch(w.device, min(_masks.CHUNK, w.numel()))
+        criterion = self.criterion
+
+        def score(start: int, stop: int) -> torch.Tensor:
+            out = scratch[: stop - start]
+            if acc is not None:
+                out.copy_(acc[start:stop])
+            else:
+                criterion.score(w[start:stop], None if g is None else g[start:stop], out=out)
+            return mark_pruned_(out, m[start:stop])  # = masked_fill_(pruned, PRUNED), without a bool kernel
+
+        def sample(stride: int) -> torch.Tensor:
+            if acc is not None:
+                s = acc[::stride].clone()
+            else:
+                s = criterion.score(w[::stride], None if g is None else g[::stride])
+            return s.masked_fill_(m[::stride] == 0, PRUNED)
+
+        return StreamGrid(score, sample, (pattern.rows, pattern.cols), pattern, w.device)
+
+    def _chunked_grid(self, layer: Layer, pattern: BlockPattern | NMPattern, grad: torch.Tensor | None, mask2d: torch.Tensor) -> torch.Tensor:
+        """The block grid of a non-accumulating criterion, scored in row chunks (chunk-sized temporaries)."""
+        reduce = self.config.reduce
+        rows, cols = layer.layout.rows, layer.layout.cols
+        w2 = layer.weight.detach().view(rows, cols)
+        g2 = grad.view(rows, cols) if grad is not None else None
+        per = self._chunk_rows(layer)
+        scratch = self._scratch(w2.device, min(per, rows) * cols)
+
+        def scores(a: int, b: int) -> torch.Tensor:
+            out = scratch[: (b - a) * cols].view(b - a, cols)
+            return self.criterion.score(w2[a:b], None if g2 is None else g2[a:b], out=out)
+
+        if isinstance(pattern, NMPattern):
+            return pattern.grid_rows_from(scores, mask2d, reduce, per)
+        grid = torch.empty(pattern.grid_rows, pattern.grid_cols, dtype=torch.float32, device=w2.device)
+        r = pattern.r
+        for a in range(0, rows, per):
+            b = min(a + per, rows)
+            grid[a // r : -(-b // r)] = BlockPattern(b - a, cols, pattern.r, pattern.c).resolution(scores(a, b), reduce)
+        return grid.masked_fill_(pattern.pruned_blocks(mask2d), PRUNED)
+
     @torch.no_grad()
     def _prune(self, step: int, event: PruningEvent, ratio: float, optimizers: list[torch.optim.Optimizer], sync: bool) -> PruningRecord:
         cfg = self.config
@@ -189,6 +322,7 @@ class PrunerGroup:
             for layer in self.layers:
                 grid = self._grid(layer, step)
                 self._set_mask(layer, grid, element_budget(ratio, layer.numel), optimizers, sync)
+                del grid
         else:
             grids = [self._grid(layer, step) for layer in self.layers]
             numels = [layer.numel for layer in self.layers]
@@ -200,24 +334,27 @@ class PrunerGroup:
                 self._set_mask(layer, grid, budget, optimizers, sync)
             del grids
         self.ratio = ratio
-        counts = {name: int(p.count_nonzero()) for name, p in self.pruned.items()}
-        layer_sparsity = {name: counts[name] / p.numel() for name, p in self.pruned.items()}
+        kept = torch.stack([torch.count_nonzero(m) for m in self.mask8.values()]).tolist()
+        counts = {name: m.numel() - int(k) for (name, m), k in zip(self.mask8.items(), kept)}
+        layer_sparsity = {name: counts[name] / m.numel() for name, m in self.mask8.items()}
         pruned = sum(counts.values())
-        total_numel = sum(p.numel() for p in self.pruned.values())
+        total_numel = sum(m.numel() for m in self.mask8.values())
         self.has_pruned = self.has_pruned or pruned > 0
         return PruningRecord(step, self.name, event.index, event.total, ratio, pruned / total_numel, layer_sparsity)
 
-    def _set_mask(self, layer: Layer, grid: torch.Tensor, budget: int, optimizers: list[torch.optim.Optimizer], sync: bool) -> None:
+    def _set_mask(self, layer: Layer, grid: BlockGrid, budget: int, optimizers: list[torch.optim.Optimizer], sync: bool) -> None:
         pattern = self.patterns[layer.name]
         keep = layer.layout.from_2d(pattern.expand(select_blocks(grid, pattern, budget)))
-        pruned = self.pruned[layer.name]
-        pruned |= ~keep  # pruned weights never come back
+        keep8 = keep.contiguous().view(torch.int8)  # 0/1; fresh tensor
+        mask = self.mask8[layer.name]
+        mask.bitwise_and_(keep8.neg_())  # pruned weights never come back
+        del keep, keep8
         if sync:  # rank 0's masks win, so every rank ends the event with identical masks
             import torch.distributed as dist
 
-            dist.broadcast(pruned.view(torch.uint8), src=0)
-        apply_mask_(layer.weight, pruned)
-        mask_optimizer_state_(optimizers, layer.weight, pruned)
+            dist.broadcast(mask, src=0)
+        apply_mask_(layer.weight, mask)
+        mask_optimizer_state_(optimizers, layer.weight, mask)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -226,7 +363,7 @@ class PrunerGroup:
             "layers": [layer.name for layer in self.layers],
             "scheduler": self.scheduler.state_dict(),
             "ratio": self.ratio,
-            "masks": self.masks,  # True = kept, like Pruning.masks
+            "masks": self.masks,  # bool, True = kept, like Pruning.masks
             "scores": {name: score.clone() for name, score in self.scores.items()},
         }
 
@@ -249,9 +386,10 @@ class PrunerGroup:
         self.scheduler.load_state_dict(state["scheduler"])
         self.ratio = float(state["ratio"])
         for layer in self.layers:
-            self.pruned[layer.name].copy_(~state["masks"][layer.name].to(torch.bool))
+            mask = self.mask8[layer.name]
+            mask.copy_(state["masks"][layer.name].to(device=mask.device, dtype=torch.bool)).neg_()  # 1 -> -1 = kept
         self.scores = {
-            name: score.to(device=self.pruned[name].device, copy=True) for name, score in state["scores"].items()
+            name: score.to(device=self.mask8[name].device, dtype=torch.float32, copy=True) for name, score in state["scores"].items()
         }
-        self.has_pruned = any(bool(p.any()) for p in self.pruned.values())
+        self.has_pruned = any(int(torch.count_nonzero(m)) < m.numel() for m in self.mask8.values())
         self.reapply()

@@ -18,12 +18,13 @@ A *grid* holds one score per block (per group for N:M). Blocks already pruned ge
 from __future__ import annotations
 
 import itertools
-from typing import Literal, Protocol
+from typing import Callable, Literal, Protocol
 
 import torch
 
 from prunekit.errors import PruningError
 from prunekit.pattern_syntax import PatternSpec
+from prunekit.pruner import masks as _masks
 from prunekit.pruner.selection import Layout
 
 __all__ = ["PRUNED", "LayerPattern", "BlockPattern", "NMPattern", "make_pattern"]
@@ -46,7 +47,7 @@ class LayerPattern(Protocol):
         """Element scores -> the resolution scores are kept at (accumulated by snip_momentum)."""
 
     def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce, owned: bool = False) -> torch.Tensor:
-        """A block-score grid from ``res``; pruned blocks (per ``mask2d``) get :data:`PRUNED`.
+        """A block-score grid from ``res``; pruned blocks (``mask2d``: int8 2-D mask, 0 = pruned) get :data:`PRUNED`.
 
         ``owned``: ``res`` may be overwritten (it is a fresh tensor), else the grid is a new tensor.
         """
@@ -101,13 +102,13 @@ class BlockPattern:
                 out[gr, gc] = red / (br * bc) if reduce == "mean" else red
         return out
 
-    def kept_blocks(self, mask2d: torch.Tensor) -> torch.Tensor:
-        """Bool grid of kept blocks (a block is kept or pruned as a whole: read its first element)."""
-        return mask2d[:: self.r, :: self.c]
+    def pruned_blocks(self, mask2d: torch.Tensor) -> torch.Tensor:
+        """Bool grid of pruned blocks (a block is kept or pruned as a whole: read its first element)."""
+        return mask2d[:: self.r, :: self.c] == 0
 
     def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce, owned: bool = False) -> torch.Tensor:
         out = res if owned else res.clone()
-        return out.masked_fill_(~self.kept_blocks(mask2d), PRUNED)
+        return out.masked_fill_(self.pruned_blocks(mask2d), PRUNED)
 
     def count(self, pred: torch.Tensor) -> torch.Tensor:
         if self.uniform:
@@ -132,30 +133,86 @@ class BlockPattern:
 
 
 class NMPattern:
-    """``N:M``: N of every M consecutive input weights pruned; see the module docstring."""
+    """``N:M``: N of every M consecutive input weights pruned; see the module docstring.
+
+    :meth:`grid` works in row chunks (chunk-sized sort temporaries) and remembers which N weights
+    of each group are the lowest as ``uint8`` positions (N/M bytes per weight) until :meth:`expand`.
+    """
 
     def __init__(self, rows: int, cols: int, n: int, m: int) -> None:
         self.rows, self.cols, self.n, self.m = rows, cols, n, m
         self.groups = cols // m
         self.uniform = True
         self.block_numel = n
-        self._lowest: torch.Tensor | None = None  # [O, G, n] indices of the N lowest, set by grid()
+        self._lowest: torch.Tensor | None = None  # [O, G, n] positions of the N lowest, set by grid()
+
+    def _row_chunks(self) -> range:
+        return range(0, self.rows, max(1, _masks.CHUNK // max(self.cols, 1)))
 
     def resolution(self, scores2d: torch.Tensor, reduce: Reduce) -> torch.Tensor:
         """Element resolution (the choice of the N weights needs every score)."""
         return scores2d.float().contiguous()
 
     def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce, owned: bool = False) -> torch.Tensor:
-        pruned = ~mask2d.reshape(self.rows, self.groups, self.m)
-        scores = res.reshape(self.rows, self.groups, self.m).masked_fill(pruned, PRUNED)
-        values, order = torch.sort(scores, dim=-1, stable=True)
-        self._lowest = order[..., : self.n]
-        low = values[..., : self.n]
-        if reduce == "max":
-            out = low.amax(dim=-1)
+        per = max(1, _masks.CHUNK // max(self.cols, 1))
+        return self.grid_rows_from(lambda a, b: res[a:b], mask2d, reduce, per)
+
+    def grid_rows_from(self, scores: Callable[[int, int], torch.Tensor], mask2d: torch.Tensor, reduce: Reduce, per: int) -> torch.Tensor:
+        """The grid from element scores given by ``scores(a, b)`` (rows ``a:b``), ``per`` rows at a time.
+
+        Which N weights of a group are the lowest is remembered until :meth:`expand`: for M <= 8
+        as one bit per weight packed in one byte per group, else as ``uint8`` positions.
+        """
+        out = torch.empty(self.rows, self.groups, dtype=torch.float32, device=mask2d.device)
+        if self.m <= 8:
+            self._lowest = torch.empty(self.rows, self.groups, dtype=torch.uint8, device=mask2d.device)
         else:
-            out = low.sum(dim=-1) / self.n if reduce == "mean" else low.sum(dim=-1)
-        return out.masked_fill_(pruned.any(dim=-1), PRUNED)
+            pos_dtype = torch.uint8 if self.m <= 256 else torch.int64
+            self._lowest = torch.empty(self.rows, self.groups, self.n, dtype=pos_dtype, device=mask2d.device)
+        for a in range(0, self.rows, per):
+            b = min(a + per, self.rows)
+            out[a:b], self._lowest[a:b] = self._grid_rows(scores(a, b), mask2d[a:b], reduce)
+        return out
+
+    def _grid_rows(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = res.shape[0]
+        flat = res.reshape(rows, self.cols).to(torch.float32, copy=True)
+        _masks.mark_pruned_(flat, mask2d.contiguous())  # pruned -> PRUNED (-1)
+        scores = flat.view(rows, self.groups, self.m)
+        if self.m > 8:
+            values, order = torch.sort(scores, dim=-1, stable=True)
+            low, lowest = values[..., : self.n], order[..., : self.n]
+            if reduce == "max":
+                grid = low.amax(dim=-1)
+            else:
+                grid = low.sum(dim=-1) / self.n if reduce == "mean" else low.sum(dim=-1)
+        else:
+            cols = [scores[..., i] for i in range(self.m)]
+            # which N are the lowest, in the stable order (lower index first on ties), without a sort:
+            # rank_i = #{j: s_j < s_i} + #{j < i: s_j == s_i}; bit i of `lowest` set when rank_i < N
+            lowest = torch.zeros(cols[0].shape, dtype=torch.uint8, device=flat.device)
+            for i, si in enumerate(cols):
+                rank = torch.zeros(si.shape, dtype=torch.uint8, device=si.device)
+                for j, sj in enumerate(cols):
+                    if j != i:
+                        rank += (sj <= si) if j < i else (sj < si)
+                lowest |= (rank < self.n).to(torch.uint8) << i
+            # the N lowest values: a sorting network on the M columns (values only; ties are equal)
+            vals = [c.clone() for c in cols]
+            for rnd in range(self.m):
+                for i in range(rnd % 2, self.m - 1, 2):
+                    lo = torch.minimum(vals[i], vals[i + 1])
+                    vals[i + 1] = torch.maximum(vals[i], vals[i + 1])
+                    vals[i] = lo
+            if reduce == "max":
+                grid = vals[self.n - 1]
+            else:
+                grid = vals[0]
+                for v in vals[1 : self.n]:
+                    grid = grid + v
+                if reduce == "mean":
+                    grid = grid / self.n
+        return grid.masked_fill_(vals[0] < 0 if self.m <= 8 else scores.amin(dim=-1) < 0, PRUNED), lowest
 
     def count(self, pred: torch.Tensor) -> torch.Tensor:
         return torch.count_nonzero(pred) * self.n
@@ -167,7 +224,16 @@ class NMPattern:
         if self._lowest is None:
             raise PruningError("NMPattern.expand called before grid()")
         keep = torch.ones(self.rows, self.groups, self.m, dtype=torch.bool, device=keep_grid.device)
-        keep.scatter_(-1, self._lowest, keep_grid.unsqueeze(-1).expand(-1, -1, self.n))
+        keep_grid = keep_grid.view(self.rows, self.groups)
+        step = self._row_chunks().step
+        for a in self._row_chunks():
+            b = min(a + step, self.rows)
+            lowest, kept = self._lowest[a:b], keep_grid[a:b]
+            if self.m <= 8:  # packed bits: weight i is among the N lowest when bit i is set
+                for i in range(self.m):
+                    keep[a:b, :, i] = kept | ((lowest >> i) & 1 == 0)
+            else:
+                keep[a:b].scatter_(-1, lowest.long(), kept.unsqueeze(-1).expand(-1, -1, self.n))
         self._lowest = None
         return keep.view(self.rows, self.cols)
 

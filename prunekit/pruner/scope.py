@@ -13,9 +13,11 @@ of layer ``l`` in blocks scored ``<= t``; ``lo/hi`` from ``min/max_sparsity_per_
 its local choice with that budget.
 
 Both thresholds come from :func:`find_threshold`: a strided sample brackets the answer, exact
-counts confirm the bracket, and only the few scores inside it are searched. No copy of all scores
-is made (no concatenation, no sort, no ``kthvalue`` of a whole layer), and every rank computes the
-same result from the same scores.
+counts confirm the bracket (one pass counts at several thresholds), and only the few scores
+inside it are sorted. Grids are read chunk by chunk (:mod:`prunekit.pruner.grids`): no copy of
+all scores is made (no concatenation, no full sort, no ``kthvalue`` of a whole layer), temporaries
+are chunk-sized, counts accumulate on the device (one host read per pass), and every rank
+computes the same result from the same scores.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from prunekit.pruner.grids import BlockGrid, as_grid
 from prunekit.pruner.patterns import PRUNED, BlockPattern, NMPattern
 
 __all__ = ["select_blocks", "global_budgets", "element_budget", "find_threshold"]
@@ -45,6 +48,49 @@ def element_budget(ratio: float, numel: int) -> int:
     return int(round(ratio * numel))
 
 
+def _count(pred: torch.Tensor, grid: BlockGrid, start: int) -> torch.Tensor:
+    """Elements in the blocks of chunk ``pred`` (flat, from block ``start``) that are True (0-d int64)."""
+    pattern = grid.pattern
+    if pattern.uniform:
+        return torch.count_nonzero(pred) * pattern.block_numel
+    idx = torch.arange(start, start + pred.numel(), device=pred.device)
+    return (pattern.sizes_of(idx) * pred).sum()
+
+
+def _counts(grids: Sequence[BlockGrid], tests: Sequence[tuple[str, float]]) -> list[list[int]]:
+    """``[test][layer]`` element counts of blocks with ``score <op> v`` (``op`` in le, lt), one pass."""
+    out = [[0] * len(grids) for _ in tests]
+    for li, grid in enumerate(grids):
+        parts: list[list[torch.Tensor]] = [[] for _ in tests]
+        for start, chunk in grid.chunks():
+            for ti, (op, v) in enumerate(tests):
+                pred = chunk <= v if op == "le" else chunk < v
+                parts[ti].append(_count(pred, grid, start))
+        totals = torch.stack([torch.stack(p).sum() if p else torch.zeros((), dtype=torch.int64, device=grid.device) for p in parts])
+        for ti, value in enumerate(totals.tolist()):  # one host read per layer and pass
+            out[ti][li] = int(value)
+    return out
+
+
+def _counts_le(grids: Sequence[BlockGrid], values: Sequence[float]) -> list[list[int]]:
+    return _counts(grids, [("le", v) for v in values])
+
+
+def _elements(grid: BlockGrid) -> int:
+    pattern = grid.pattern
+    if pattern.uniform:
+        return grid.blocks * pattern.block_numel
+    return int(pattern.count(torch.ones(grid.shape, dtype=torch.bool)))
+
+
+def _max(grids: Sequence[BlockGrid]) -> float:
+    top = float("-inf")
+    for grid in grids:
+        for _, chunk in grid.chunks():
+            top = max(top, float(chunk.max())) if chunk.numel() else top
+    return top
+
+
 def _smallest_threshold(reaches: Callable[[float], bool], high: float) -> float:
     """The smallest float32 ``t`` in ``[0, high]`` with ``reaches(t)``; ``reaches(high)`` must hold."""
     if reaches(0.0):
@@ -59,30 +105,52 @@ def _smallest_threshold(reaches: Callable[[float], bool], high: float) -> float:
     return _f32(hi)
 
 
-def select_blocks(grid: torch.Tensor, pattern: Pattern, k: int) -> torch.Tensor:
-    """Bool grid of kept blocks after pruning about ``k`` elements (see the module docstring)."""
-    keep = grid >= 0  # PRUNED blocks stay pruned
-    already = int(pattern.count(grid < 0))
+def select_blocks(grid: object, pattern: Pattern, k: int) -> torch.Tensor:
+    """Bool grid (the grid's 2-D shape) of kept blocks after pruning about ``k`` elements (module docstring)."""
+    g = as_grid(grid, pattern)
+    ((already,),) = _counts([g], [("lt", 0.0)])
     if k <= 0 or already >= k:
-        return keep
-    flat = grid.reshape(-1)
+        return _keep_pass(g, 0.0, 0)[0]
     if pattern.uniform:
         size = pattern.block_numel
-        blocks = min((2 * k + size - 1) // (2 * size), flat.numel())  # the prefix closest to k, fewer on a tie
+        blocks = min((2 * k + size - 1) // (2 * size), g.blocks)  # the prefix closest to k, fewer on a tie
         k_elems = blocks * size
         if k_elems <= already:
-            return keep
-        t = find_threshold([grid], [pattern], lambda c: c[0] >= k_elems, k_elems)
-        below = int(torch.count_nonzero(flat < t))
-        keep = grid >= t  # ties at t stay kept until _prune_ties picks some
-        _prune_ties(keep.view(-1), flat, t, lambda sizes: _take_count(blocks - below, sizes))
+            return _keep_pass(g, 0.0, 0)[0]
+        t = find_threshold([g], [pattern], lambda c: c[0] >= k_elems, k_elems)
+        keep, below, ties = _keep_pass(g, t, blocks)
+        n = max(0, min(blocks - below // size, ties.numel()))
+        keep.view(-1)[ties[:n]] = False
         return keep
     # partial edge blocks: blocks differ in size, the closest prefix is decided among the ties
-    t = find_threshold([grid], [pattern], lambda c: c[0] >= k, k)
-    below = int(pattern.count(grid < t))
-    keep = grid >= t
-    _prune_ties(keep.view(-1), flat, t, lambda sizes: _take_closest(k - below, sizes), pattern)
+    t = find_threshold([g], [pattern], lambda c: c[0] >= k, k)
+    keep, below, ties = _keep_pass(g, t, None)
+    if ties.numel():
+        n = _take_closest(k - below, pattern.sizes_of(ties))
+        keep.view(-1)[ties[:n]] = False
     return keep
+
+
+def _keep_pass(g: BlockGrid, t: float, max_ties: int | None) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """``(keep = score >= t, elements scored < t, flat indices of the blocks scored == t)`` in one pass.
+
+    ``max_ties`` (uniform patterns, in blocks): stop collecting ties once that many are held
+    minus the blocks already below (no more can be needed).
+    """
+    keep = torch.empty(g.blocks, dtype=torch.bool, device=g.device)
+    below = torch.zeros((), dtype=torch.int64, device=g.device)
+    ties: list[torch.Tensor] = []
+    held = 0
+    for start, chunk in g.chunks():
+        torch.ge(chunk, t, out=keep[start : start + chunk.numel()])
+        below += _count(chunk < t, g, start)
+        if t >= 0 and (max_ties is None or held < max_ties):
+            idx = torch.nonzero(chunk == t).view(-1)
+            if idx.numel():
+                ties.append(idx + start)
+                held += idx.numel()
+    tie_idx = torch.cat(ties) if ties else torch.empty(0, dtype=torch.int64, device=g.device)
+    return keep.view(g.shape), int(below), tie_idx
 
 
 #: sample size of the threshold bracket, and the bracket's half-width in samples
@@ -90,55 +158,52 @@ _SAMPLE, _SLACK = 1 << 16, 1 << 9  # a quantile of 2^16 samples errs by ~0.4 % (
 
 
 def find_threshold(
-    grids: Sequence[torch.Tensor], patterns: Sequence[Pattern], reaches: Callable[[list[int]], bool], target: int
+    grids: Sequence[object], patterns: Sequence[Pattern], reaches: Callable[[list[int]], bool], target: int
 ) -> float:
     """The smallest block score ``t >= 0`` with ``reaches([c_l(<= t) for each layer])`` (the largest score if none).
 
     ``c_l`` counts elements. A strided sample of the scores brackets the answer around ``target``
-    elements: ``(a, b]`` with ``reaches(c(a))`` false and ``reaches(c(b))`` true, checked exactly;
-    the few scores inside the bracket are then searched exactly. About six passes over the block
-    scores and one small bool temporary at a time; when the bracket misses (heavily clamped
-    global budgets), an exact bisection over float32 bit patterns takes over.
+    elements: ``(a, b]`` with ``reaches(c(a))`` false and ``reaches(c(b))`` true, checked exactly
+    in one pass that also counts at 0; the few scores inside the bracket are then sorted and
+    searched exactly. When the bracket misses (heavily clamped global budgets), an exact
+    bisection over float32 bit patterns takes over.
     """
-    top = max(float(g.max()) for g in grids)
-
-    def counts_le(v: float) -> list[int]:
-        return [int(p.count(g <= v)) for g, p in zip(grids, patterns)]
-
-    if not reaches(counts_le(top)):
-        return top
-    if reaches(counts_le(0.0)):
-        return 0.0
-    vals, cum = _weighted_sample(grids, patterns)
+    gs = [as_grid(g, p) for g, p in zip(grids, patterns)]
+    totals = [_elements(g) for g in gs]
+    if not reaches(totals):  # every score <= the largest one
+        return _max(gs)
+    vals, cum = _weighted_sample(gs)
     pos = int(torch.searchsorted(cum, torch.tensor([float(target)], dtype=cum.dtype)))
     for slack in (_SLACK, 4 * _SLACK):
         lo, hi = pos - slack, pos + slack
         a = -0.5 if lo < 0 else float(vals[lo])
-        b = top if hi >= vals.numel() else float(vals[hi])
-        ca = counts_le(a)
-        if b > a and not reaches(ca) and reaches(counts_le(b)):
-            return _search_bracket(grids, patterns, reaches, a, b, ca)
-    return _smallest_threshold(lambda v: reaches(counts_le(v)), top)
+        b = float("inf") if hi >= vals.numel() else float(vals[hi])
+        c0, ca, cb = _counts_le(gs, [0.0, a, b])
+        if reaches(c0):
+            return 0.0
+        if b > a and not reaches(ca) and reaches(cb):
+            return _search_bracket(gs, reaches, a, b, ca)
+    top = _max(gs)
+    return _smallest_threshold(lambda v: reaches(_counts_le(gs, [v])[0]), top)
 
 
-def _weighted_sample(grids: Sequence[torch.Tensor], patterns: Sequence[Pattern]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted strided sample of the scores (>= 0 only) and the cumulative element count each stands for."""
-    numel = sum(g.numel() for g in grids)
+def _weighted_sample(grids: Sequence[BlockGrid]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted strided sample of the scores and the cumulative element count each stands for."""
+    numel = sum(g.blocks for g in grids)
     stride = max(1, numel // _SAMPLE)
     values, weights = [], []
-    for g, p in zip(grids, patterns):
-        sample = g.reshape(-1)[::stride]
-        elements_per_block = float(p.count(torch.ones_like(g, dtype=torch.bool))) / g.numel()
-        values.append(sample.float())
+    for g in grids:
+        sample = g.sample(stride).float().cpu()
+        elements_per_block = _elements(g) / g.blocks
+        values.append(sample)
         weights.append(torch.full_like(sample, stride * elements_per_block, dtype=torch.float64))
-    vals, order = torch.sort(torch.cat(values).cpu(), stable=True)
-    cum = torch.cumsum(torch.cat(weights).cpu()[order], 0)
+    vals, order = torch.sort(torch.cat(values), stable=True)
+    cum = torch.cumsum(torch.cat(weights)[order], 0)
     return vals, cum
 
 
 def _search_bracket(
-    grids: Sequence[torch.Tensor],
-    patterns: Sequence[Pattern],
+    grids: Sequence[BlockGrid],
     reaches: Callable[[list[int]], bool],
     a: float,
     b: float,
@@ -146,19 +211,30 @@ def _search_bracket(
 ) -> float:
     """Exact search among the scores in ``(a, b]``; ``below_a`` = element counts ``<= a``."""
     layers = []
-    for g, p in zip(grids, patterns):
-        flat = g.reshape(-1)
-        inside = flat > a
-        inside &= flat <= b
-        idx = torch.nonzero(inside).view(-1)
-        del inside
-        layers.append((flat[idx].cpu(), p.sizes_of(idx).cpu()))
-    union = torch.unique(torch.cat([v for v, _ in layers]))  # sorted; b is in it
+    for g in grids:
+        vals, idx = [], []
+        for start, chunk in g.chunks():
+            inside = chunk > a
+            inside &= chunk <= b
+            i = torch.nonzero(inside).view(-1)
+            vals.append(chunk[i].cpu())
+            idx.append((i + start).cpu())
+        v = torch.cat(vals) if vals else torch.empty(0)
+        i = torch.cat(idx) if idx else torch.empty(0, dtype=torch.int64)
+        sizes = g.pattern.sizes_of(i).to(torch.int64) if not g.pattern.uniform else torch.full_like(i, g.pattern.block_numel)
+        v, order = torch.sort(v)
+        cum = torch.cumsum(sizes[order], 0)
+        layers.append((v, cum))
+    union = torch.unique(torch.cat([v for v, _ in layers]))  # sorted; b (when finite) is in it
 
     def counts(v: float) -> list[int]:
-        return [base + int(sizes[vals <= v].sum()) for base, (vals, sizes) in zip(below_a, layers)]
+        out = []
+        for base, (vals, cum) in zip(below_a, layers):
+            n = int(torch.searchsorted(vals, torch.tensor([v], dtype=vals.dtype), right=True))
+            out.append(base + (int(cum[n - 1]) if n else 0))
+        return out
 
-    lo, hi = -1, union.numel() - 1  # reaches fails at a (index -1) and holds at b (the last)
+    lo, hi = -1, union.numel() - 1  # reaches fails at a (index -1) and holds at the last
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if reaches(counts(float(union[mid]))):
@@ -168,10 +244,6 @@ def _search_bracket(
     return float(union[hi])
 
 
-def _take_count(n: int, sizes: torch.Tensor) -> int:
-    return max(0, min(n, sizes.numel()))
-
-
 def _take_closest(remaining: int, sizes: torch.Tensor) -> int:
     """How many of the tie blocks (in order) to prune: while ``pruned + size/2 < remaining``."""
     before = torch.cumsum(sizes, 0) - sizes
@@ -179,52 +251,34 @@ def _take_closest(remaining: int, sizes: torch.Tensor) -> int:
     return int(torch.cumprod(ok.to(torch.int64), 0).sum()) if ok.numel() else 0
 
 
-def _prune_ties(
-    keep_flat: torch.Tensor,
-    flat: torch.Tensor,
-    t: float,
-    how_many: Callable[[torch.Tensor], int],
-    pattern: Pattern | None = None,
-) -> None:
-    """Prune the first blocks (flat order) scored exactly ``t``; ``how_many(sizes)`` says how many."""
-    ties = torch.nonzero(flat == t).view(-1)
-    if ties.numel() == 0:
-        return
-    sizes = pattern.sizes_of(ties) if pattern is not None else torch.ones_like(ties)
-    n = how_many(sizes)
-    keep_flat[ties[:n]] = False
-
-
 def global_budgets(
-    grids: Sequence[torch.Tensor],
+    grids: Sequence[object],
     patterns: Sequence[Pattern],
     total: int,
     low: Sequence[int],
     high: Sequence[int],
 ) -> list[int]:
     """Per-layer element budgets summing to ``total`` (when the bounds allow); see the module docstring."""
+    gs = [as_grid(g, p) for g, p in zip(grids, patterns)]
 
     def clamp(v: int, i: int) -> int:
         return min(max(v, low[i]), high[i])
 
-    def counts(pred: Callable[[torch.Tensor], torch.Tensor]) -> list[int]:
-        return [int(p.count(pred(g))) for g, p in zip(grids, patterns)]
-
-    already = counts(lambda g: g < 0)
+    (already,) = _counts(gs, [("lt", 0.0)])
     if sum(clamp(c, i) for i, c in enumerate(already)) >= total:
         return [clamp(c, i) for i, c in enumerate(already)]
 
     def reaches(c: list[int]) -> bool:
         return sum(clamp(v, i) for i, v in enumerate(c)) >= total
 
-    t = find_threshold(grids, patterns, reaches, total)
-    base = [clamp(c, i) for i, c in enumerate(counts(lambda g: g < t))]
-    cap = [clamp(c, i) for i, c in enumerate(counts(lambda g: g <= t))]
+    t = find_threshold(gs, patterns, reaches, total)
+    below, upto = _counts(gs, [("lt", t), ("le", t)])
+    base = [clamp(c, i) for i, c in enumerate(below)]
+    cap = [clamp(c, i) for i, c in enumerate(upto)]
     remaining = total - sum(base)
     budgets = []
-    for i in range(len(grids)):  # the ties at t go to the layers in order
+    for i in range(len(gs)):  # the ties at t go to the layers in order
         extra = max(0, min(cap[i] - base[i], remaining))
         remaining -= extra
         budgets.append(base[i] + extra)
     return budgets
-
