@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic_core.core_schema import ValidationInfo
 
+from prunekit.data.config import DataSparsityConfig, data_sparsity_model_at
 from prunekit.errors import ConfigError, ConfigProblem, RegistryError
 from prunekit.pattern_syntax import PATTERN_SYNTAX_HELP, PatternSpec, parse_pattern
 from prunekit.registry import CRITERIA, SCHEDULERS, suggest
@@ -287,7 +288,12 @@ class PruningConfig(BaseModel):
     defaults: dict[str, Any] = Field(
         default_factory=dict, description="Keys applied to every pruner group that does not set them."
     )
-    pruners: list[PrunerConfig] = Field(..., min_length=1, description="The pruner groups.")
+    pruners: list[PrunerConfig] = Field(
+        default_factory=list, description="The pruner groups (at least one unless data_sparsity is given)."
+    )
+    data_sparsity: DataSparsityConfig | None = Field(
+        None, description="Data sparsity: which tensors a data sparsifier holds and how a data scheduler varies it."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -327,6 +333,15 @@ class PruningConfig(BaseModel):
                 )
             seen[group.name] = i
         return value
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> "PruningConfig":
+        if not self.pruners and self.data_sparsity is None:
+            raise rule_error(
+                "the config declares no pruner group and no data_sparsity section",
+                "add 'pruners:' with at least one group (or a 'data_sparsity:' section)",
+            )
+        return self
 
     def group(self, name: str) -> PrunerConfig:
         """The pruner group called ``name``."""
@@ -387,7 +402,7 @@ _INC_UNSUPPORTED_KEYS = {
     "low_memory_usage": "prunekit always works in low memory; remove the key",
     "backend": "prunekit works on PyTorch models only; remove the key",
 }
-_CANONICAL_TOP = ("version", "defaults", "pruners")
+_CANONICAL_TOP = ("version", "defaults", "pruners", "data_sparsity")
 
 
 class WeightPruningConfig:
@@ -648,6 +663,8 @@ def _model_at(data: Any, path: Path_) -> type[BaseModel] | None:
     """The model that owns the keys at ``path`` of the canonical config (for allowed-key lists)."""
     if path == ():
         return PruningConfig
+    if path and path[0] == "data_sparsity":
+        return data_sparsity_model_at(data.get("data_sparsity") if isinstance(data, Mapping) else None, path[1:])
     if len(path) == 2 and path[0] == "pruners":
         return PrunerConfig
     if len(path) == 3 and path[0] == "pruners" and path[2] == "scheduler":

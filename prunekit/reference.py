@@ -13,6 +13,9 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from prunekit.config import INC_KEYS, PrunerConfig, PruningConfig
+from prunekit.data.base import DATA_SPARSIFIERS
+from prunekit.data.config import DataSparsityConfig
+from prunekit.schedulers.data import DataSchedulerConfig
 from prunekit.registry import SCHEDULERS
 from prunekit.schedulers.base import WeightSchedulerConfig
 from prunekit.schedulers.curves import DECAY_CURVES
@@ -56,7 +59,7 @@ def _table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> list[str]:
     for name, field in model.model_fields.items():
         if name in skip:
             continue
-        type_text = "scheduler mapping" if name == "scheduler" and model is PrunerConfig else _type_name(field.annotation)
+        type_text = f"{name} mapping" if name in ("scheduler", "sparsifier") else _type_name(field.annotation)
         rows.append(
             f"| `{name}` | {type_text.replace('|', 'or')} | {_default(field)} | {_bounds(field)} | {field.description or ''} |"
         )
@@ -107,6 +110,24 @@ def render_config_reference() -> str:
         "",
         "`cubic` is refused: it means the AGP ramp in some libraries and the opposite of INC's `cube` in others.",
         "",
+        "## Data sparsity (`data_sparsity`)",
+        "",
+        "Which tensors a data sparsifier holds (parameters and embedding tables of the model given to",
+        "`build_data_sparsity(config, model)`), the sparsifier and its defaults, and the data scheduler",
+        "that varies one of its parameters over time. See [data sparsity](data_sparsity.md).",
+        "",
+        *_table(DataSparsityConfig),
+        "",
+    ]
+    for entry in DATA_SPARSIFIERS.entries():
+        if entry.config is not None and entry.obj.__module__.startswith("prunekit."):
+            out += [f"### `sparsifier: {{type: {entry.name}}}`", "", entry.description, "", *_table(entry.config, skip=("type",)), ""]
+    for entry in SCHEDULERS.entries():
+        model = entry.config
+        if model is None or not issubclass(model, DataSchedulerConfig) or not model.__module__.startswith("prunekit."):
+            continue
+        out += [f"### `scheduler: {{type: {entry.name}}}` (data)", "", entry.description, "", *_table(model, skip=("type",)), ""]
+    out += [
         "## Intel Neural Compressor keys",
         "",
         "A flat mapping with INC 3.7.1 key names (or a `WeightPruningConfig`) is translated as follows;",

@@ -103,7 +103,7 @@ def test_each_rule_reports_the_yaml_line(tmp_path, overrides, path, what, fix):
 def test_missing_target_and_empty_pruners():
     assert _one({"pruners": [{}]}).path == "pruners[0].target_sparsity"
     problem = _one({"pruners": []})
-    assert problem.path == "pruners" and "at least 1" in problem.what
+    assert problem.path == "" and "no pruner group and no data_sparsity section" in problem.what
     problem = _one({"version": 2, "pruners": [{"target_sparsity": 0.5}]})
     assert problem.path == "version" and "write version: 1" in problem.fix
 
@@ -409,3 +409,49 @@ def test_json_schema_lists_registered_schedulers():
 def test_pruning_config_is_a_plain_pydantic_model():
     config = PruningConfig(pruners=[{"target_sparsity": 0.3}])
     assert config.pruners[0].name == "pruner0" and config.pruners[0].pattern_spec.is_unstructured
+
+
+# --------------------------------------------------------------------------- data sparsity section
+def test_data_sparsity_section_loads_round_trips_and_builds_both_objects():
+    import torch
+    from torch import nn
+
+    from repo_paths import CONFIGS
+
+    config = load_config(CONFIGS / "data_sparsity_embedding.yaml")
+    assert config.data_sparsity is not None and config.data_sparsity.scheduler.type == "gamma"
+    assert load_config(config.model_dump()) == config and load_config(config.to_yaml()) == config
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(40, 8)
+            self.head = nn.Linear(8, 4)
+
+    model = Model()
+    sparsifier, scheduler = pk.build_data_sparsity(config, model)
+    assert isinstance(sparsifier, pk.DataNormSparsifier) and isinstance(scheduler, pk.GammaDataScheduler)
+    sparsifier.step()
+    sparsifier.squash_mask()
+    zeros = (model.embedding.weight == 0).float().mean().item()
+    assert zeros == pytest.approx(0.1, abs=0.05)
+    assert torch.equal(model.head.weight, model.head.weight)  # the Linear layer is untouched by data sparsity
+
+
+def test_data_sparsity_errors_are_located_with_their_yaml_lines():
+    text = _yaml(
+        """
+        data_sparsity:
+          data_namez: [emb]
+          sparsifier: {type: data_norm, sparsity_levl: 0.5}
+        """
+    )
+    problems = {p.path: p for p in _problems(text)}
+    assert set(problems) == {"data_sparsity.data_namez", "data_sparsity.sparsifier.sparsity_levl"}
+    assert problems["data_sparsity.data_namez"].line == 2 and "did you mean 'data_names'?" in problems["data_sparsity.data_namez"].fix
+    assert problems["data_sparsity.sparsifier.sparsity_levl"].line == 3
+
+
+def test_a_data_scheduler_is_refused_as_a_weight_scheduler():
+    problem = _one(_group(scheduler={"type": "gamma", "gamma": 2.0}))
+    assert problem.path == "pruners[0].scheduler" and "not a weight-pruning scheduler" in problem.what

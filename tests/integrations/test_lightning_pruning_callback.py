@@ -8,7 +8,7 @@ from torch import nn
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from prunekit.integrations.lightning_pruning import PruningCallback  # noqa: E402
+from prunekit.integrations.lightning import PruningCallback  # noqa: E402
 
 CONFIG = {
     "pruners": [
