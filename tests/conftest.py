@@ -1,16 +1,34 @@
-"""Shared fixtures: the repository root on sys.path for ``examples`` and a clean registry."""
+"""Shared fixtures: ``examples`` on sys.path, one torch thread, clean registries.
+
+The tests use tiny models: one intra-op thread is as fast, and immune to the large slowdowns that
+torch's thread pool suffers on a 2-core machine when another process (a DDP rank, a subprocess
+under test) holds a core. ``OMP_NUM_THREADS`` carries the same choice into subprocesses.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture
