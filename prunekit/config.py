@@ -43,7 +43,7 @@ from prunekit.pattern_syntax import PATTERN_SYNTAX_HELP, PatternSpec, parse_patt
 from prunekit.registry import CRITERIA, SCHEDULERS, suggest
 from prunekit.schedulers.base import SchedulerConfig, WeightSchedulerConfig
 from prunekit.schedulers.oneshot import OneshotConfig
-from prunekit.validation import format_path, problems_from_validation_error, rule_error
+from prunekit.validation import check_regexes, format_path, problems_from_validation_error, rule_error
 from prunekit.yaml_source import YamlSource, read_yaml
 
 __all__ = [
@@ -93,18 +93,6 @@ def _criterion_names() -> list[str]:
     return CRITERIA.names()
 
 
-def _check_regexes(patterns: list[str], key: str) -> list[str]:
-    for i, text in enumerate(patterns):
-        try:
-            re.compile(text)
-        except re.error as err:
-            raise rule_error(
-                f"{key}[{i}] {text!r} is not a valid regular expression ({err})",
-                "escape special characters with a backslash (e.g. 'layer\\.0'), or fix the expression",
-            ) from None
-    return patterns
-
-
 class PrunerConfig(BaseModel):
     """One pruner group: which layers, which pattern and criterion, how sparse, and when."""
 
@@ -138,12 +126,12 @@ class PrunerConfig(BaseModel):
     @field_validator("op_names")
     @classmethod
     def _op_names_regex(cls, value: list[str]) -> list[str]:
-        return _check_regexes(value, "op_names")
+        return check_regexes(value, "op_names")
 
     @field_validator("excluded_op_names")
     @classmethod
     def _excluded_regex(cls, value: list[str]) -> list[str]:
-        return _check_regexes(value, "excluded_op_names")
+        return check_regexes(value, "excluded_op_names")
 
     @field_validator("op_types")
     @classmethod

@@ -7,6 +7,7 @@ their type (bounds, types, unknown keys with a "did you mean").
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterable, Sequence
 
 from pydantic import BaseModel, ValidationError
@@ -15,7 +16,7 @@ from pydantic_core import PydanticCustomError
 from prunekit.errors import ConfigProblem
 from prunekit.registry import suggest
 
-__all__ = ["rule_error", "format_path", "problems_from_validation_error"]
+__all__ = ["rule_error", "check_regexes", "format_path", "problems_from_validation_error"]
 
 Path = tuple[Any, ...]
 
@@ -23,6 +24,19 @@ Path = tuple[Any, ...]
 def rule_error(what: str, fix: str) -> PydanticCustomError:
     """An error for a prunekit rule: ``what`` is wrong, ``fix`` says how to fix it."""
     return PydanticCustomError("prunekit_rule", "{what}", {"what": what, "fix": fix})
+
+
+def check_regexes(patterns: list[str], key: str) -> list[str]:
+    """``patterns`` unchanged when each compiles as a regular expression; else a located rule error."""
+    for i, text in enumerate(patterns):
+        try:
+            re.compile(text)
+        except re.error as err:
+            raise rule_error(
+                f"{key}[{i}] {text!r} is not a valid regular expression ({err})",
+                "escape special characters with a backslash (e.g. 'layer\\.0'), or fix the expression",
+            ) from None
+    return patterns
 
 
 def format_path(path: Sequence[Any]) -> str:

@@ -38,7 +38,7 @@ from prunekit.data.norm import DataNormConfig
 from prunekit.errors import ConfigError, ConfigProblem, RegistryError
 from prunekit.registry import SCHEDULERS, get_scheduler, suggest
 from prunekit.schedulers.data import BaseDataScheduler, DataSchedulerConfig, LambdaDataScheduler
-from prunekit.validation import problems_from_validation_error, rule_error
+from prunekit.validation import check_regexes, problems_from_validation_error, rule_error
 
 __all__ = [
     "DataSparsifierConfig",
@@ -114,18 +114,6 @@ SparsifierField = Annotated[SerializeAsAny[DataSparsifierConfig], WrapValidator(
 SchedulerField = Annotated[SerializeAsAny[DataSchedulerConfig] | None, WrapValidator(_validate_scheduler)]
 
 
-def _check_regexes(patterns: list[str], key: str) -> list[str]:
-    for i, text in enumerate(patterns):
-        try:
-            re.compile(text)
-        except re.error as err:
-            raise rule_error(
-                f"{key}[{i}] {text!r} is not a valid regular expression ({err})",
-                "escape special characters with a backslash (e.g. 'embed\\.weight'), or fix the expression",
-            ) from None
-    return patterns
-
-
 class DataSparsityConfig(BaseModel):
     """Which data of a model to sparsify, with which sparsifier and which data scheduler."""
 
@@ -146,12 +134,12 @@ class DataSparsityConfig(BaseModel):
     @field_validator("data_names")
     @classmethod
     def _names_regex(cls, value: list[str]) -> list[str]:
-        return _check_regexes(value, "data_names")
+        return check_regexes(value, "data_names")
 
     @field_validator("excluded_data_names")
     @classmethod
     def _excluded_regex(cls, value: list[str]) -> list[str]:
-        return _check_regexes(value, "excluded_data_names")
+        return check_regexes(value, "excluded_data_names")
 
     @field_validator("module_types")
     @classmethod
