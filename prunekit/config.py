@@ -228,10 +228,20 @@ _GROUP_KEYS = tuple(k for k in PrunerConfig.model_fields if k != "name")
 
 
 # ---------------------------------------------------------------------------- defaults merging
+def _scheduler_mapping(value: Any) -> Any:
+    """The shorthand ``scheduler: oneshot`` as the mapping ``{type: oneshot}``."""
+    return {"type": value} if isinstance(value, str) else value
+
+
 def _merge_group(defaults: Mapping[str, Any], group: Mapping[str, Any]) -> dict[str, Any]:
-    """``group`` over ``defaults``; scheduler mappings merge key by key when their types agree."""
-    merged = {k: copy.deepcopy(v) for k, v in defaults.items()}
+    """``group`` over ``defaults``; scheduler mappings merge key by key when their types agree.
+
+    A group scheduler without ``type`` takes the default's type (and its other keys).
+    """
+    merged = {k: copy.deepcopy(_scheduler_mapping(v) if k == "scheduler" else v) for k, v in defaults.items()}
     for key, value in group.items():
+        if key == "scheduler":
+            value = _scheduler_mapping(value)
         base = merged.get(key)
         if key == "scheduler" and isinstance(base, Mapping) and isinstance(value, Mapping):
             if value.get("type", base.get("type")) == base.get("type"):
@@ -251,6 +261,8 @@ def _apply_defaults(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[Path_
         return out, origin
     merged_groups = []
     for i, group in enumerate(pruners):
+        if isinstance(group, PrunerConfig):  # built in code: the keys it was given win over the defaults
+            group = group.model_dump(exclude_unset=True)
         if not isinstance(group, Mapping):
             merged_groups.append(group)
             continue
@@ -519,14 +531,13 @@ def _choose_inc_scheduler(
     where: Path_ = ("pruning_configs", index, "scheduler") if "scheduler" in local else ("scheduler",)
     if isinstance(explicit, Mapping):
         sched.update(copy.deepcopy(dict(explicit)))
-        origin[("pruners", index, "scheduler", "type")] = where + ("type",)
+        for key in explicit:
+            origin[("pruners", index, "scheduler", key)] = where + (key,)
     elif explicit is not None:
         sched["type"] = explicit
         origin[("pruners", index, "scheduler", "type")] = where
-    elif sched.get("start_step") == sched.get("end_step"):
-        sched["type"] = "oneshot"
-    else:
-        sched["type"] = "iterative"
+    if "type" not in sched:  # INC's rule, unless a type was given
+        sched["type"] = "oneshot" if sched.get("start_step") == sched.get("end_step") else "iterative"
     model = SCHEDULERS.config_of(sched["type"]) if isinstance(sched["type"], str) and sched["type"] in SCHEDULERS else None
     if model is None:
         return

@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
@@ -137,8 +137,13 @@ class Registry:
                     )
             for key in (name, *aliases):
                 holder = self._holder_of(key)
-                if holder is not None and holder.name != name:
+                if holder is None or holder.name == name:
+                    continue
+                if key == holder.name:  # its canonical name is taken over: the old entry goes
                     self._drop(holder.name)
+                else:  # only one of its aliases is taken over: the old entry keeps its name
+                    self._aliases.pop(key)
+                    self._entries[holder.name] = replace(holder, aliases=tuple(a for a in holder.aliases if a != key))
             if name in self._entries:
                 self._drop(name)
             entry = RegistryEntry(

@@ -455,3 +455,25 @@ def test_data_sparsity_errors_are_located_with_their_yaml_lines():
 def test_a_data_scheduler_is_refused_as_a_weight_scheduler():
     problem = _one(_group(scheduler={"type": "gamma", "gamma": 2.0}))
     assert problem.path == "pruners[0].scheduler" and "not a weight-pruning scheduler" in problem.what
+
+
+def test_inc_explicit_scheduler_mapping_without_type_follows_the_inc_rule():
+    (one,) = load_config({"target_sparsity": 0.5, "scheduler": {"start_step": 2, "end_step": 2}}).pruners
+    assert one.scheduler.type == "oneshot" and one.scheduler.start_step == 2
+    (grad,) = load_config({"target_sparsity": 0.5, "start_step": 0, "end_step": 10, "scheduler": {"frequency": 5}}).pruners
+    assert (grad.scheduler.type, grad.scheduler.frequency) == ("iterative", 5)
+
+
+def test_inc_explicit_scheduler_errors_point_at_the_users_keys():
+    problem = _one("target_sparsity: 0.5\nstart_step: 0\nend_step: 10\nscheduler: {type: iterative, frequency: 0}\n")
+    assert (problem.path, problem.line) == ("scheduler.frequency", 4)
+
+
+def test_a_shorthand_scheduler_default_merges_with_group_keys():
+    config = load_config({"defaults": {"scheduler": "iterative"}, "pruners": [{"target_sparsity": 0.5, "scheduler": {"end_step": 10}}]})
+    assert (config.pruners[0].scheduler.type, config.pruners[0].scheduler.end_step) == ("iterative", 10)
+
+
+def test_defaults_apply_to_groups_built_in_code_too():
+    config = PruningConfig(defaults={"scope": "global", "pattern": "4x1"}, pruners=[pk.PrunerConfig(target_sparsity=0.5, pattern="1x1")])
+    assert (config.pruners[0].scope, config.pruners[0].pattern) == ("global", "1x1")

@@ -150,3 +150,11 @@ def test_broken_plugin_warns_with_its_name(tmp_path):
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("fake_prunekit_plugin", None)
+
+
+def test_force_on_an_alias_takes_only_the_alias():
+    reg = Registry("thing")
+    first = reg.register("iterative", type("I", (), {}), aliases=("gradual",))
+    second = reg.register("gradual", type("G", (), {}), force=True)
+    assert reg.get("iterative") is first and reg.entry("iterative").aliases == ()
+    assert reg.get("gradual") is second and reg.names() == ["gradual", "iterative"]

@@ -120,7 +120,13 @@ class SnipMomentumCriterion(Criterion):
         return _abs_product(weight.detach(), self._require_grad(grad).detach(), out)
 
     def accumulate(self, acc: torch.Tensor | None, fresh: torch.Tensor) -> torch.Tensor:
-        """Formula: S <- momentum·S + fresh (S starts at 0)."""
+        """Formula: S <- momentum·S + fresh (S starts at 0).
+
+        Non-finite entries of ``fresh`` add nothing: a step whose gradients overflowed (an fp16 step
+        that AMP's GradScaler then skips) must not poison the scores for the rest of training.
+        ``fresh`` is a scratch buffer and is cleaned in place (no allocation, no host sync).
+        """
+        torch.nan_to_num_(fresh, nan=0.0, posinf=0.0, neginf=0.0)
         if acc is None:
             return fresh.clone()
         return acc.mul_(self.momentum).add_(fresh)

@@ -321,7 +321,8 @@ class PrunerGroup:
         if cfg.scope == "local":
             for layer in self.layers:
                 grid = self._grid(layer, step)
-                self._set_mask(layer, grid, element_budget(ratio, layer.numel), optimizers, sync)
+                high = math.floor(cfg.max_sparsity_per_op * layer.numel + 1e-9)
+                self._set_mask(layer, grid, element_budget(ratio, layer.numel), optimizers, sync, high=high)
                 del grid
         else:
             grids = [self._grid(layer, step) for layer in self.layers]
@@ -330,8 +331,8 @@ class PrunerGroup:
             low = [math.ceil(min(cfg.min_sparsity_per_op, ratio) * n - 1e-9) for n in numels]
             high = [math.floor(cfg.max_sparsity_per_op * n + 1e-9) for n in numels]
             budgets = global_budgets(grids, [self.patterns[l.name] for l in self.layers], total, low, high)
-            for layer, grid, budget in zip(self.layers, grids, budgets):
-                self._set_mask(layer, grid, budget, optimizers, sync)
+            for layer, grid, budget, lo, hi in zip(self.layers, grids, budgets, low, high):
+                self._set_mask(layer, grid, budget, optimizers, sync, low=lo, high=hi)
             del grids
         self.ratio = ratio
         kept = torch.stack([torch.count_nonzero(m) for m in self.mask8.values()]).tolist()
@@ -342,9 +343,18 @@ class PrunerGroup:
         self.has_pruned = self.has_pruned or pruned > 0
         return PruningRecord(step, self.name, event.index, event.total, ratio, pruned / total_numel, layer_sparsity)
 
-    def _set_mask(self, layer: Layer, grid: BlockGrid, budget: int, optimizers: list[torch.optim.Optimizer], sync: bool) -> None:
+    def _set_mask(
+        self,
+        layer: Layer,
+        grid: BlockGrid,
+        budget: int,
+        optimizers: list[torch.optim.Optimizer],
+        sync: bool,
+        low: int = 0,
+        high: int | None = None,
+    ) -> None:
         pattern = self.patterns[layer.name]
-        keep = layer.layout.from_2d(pattern.expand(select_blocks(grid, pattern, budget)))
+        keep = layer.layout.from_2d(pattern.expand(select_blocks(grid, pattern, budget, low, high)))
         keep8 = keep.contiguous().view(torch.int8)  # 0/1; fresh tensor
         mask = self.mask8[layer.name]
         mask.bitwise_and_(keep8.neg_())  # pruned weights never come back

@@ -105,15 +105,24 @@ def _smallest_threshold(reaches: Callable[[float], bool], high: float) -> float:
     return _f32(hi)
 
 
-def select_blocks(grid: object, pattern: Pattern, k: int) -> torch.Tensor:
-    """Bool grid (the grid's 2-D shape) of kept blocks after pruning about ``k`` elements (module docstring)."""
+def select_blocks(grid: object, pattern: Pattern, k: int, low: int = 0, high: int | None = None) -> torch.Tensor:
+    """Bool grid (the grid's 2-D shape) of kept blocks after pruning about ``k`` elements (module docstring).
+
+    ``low`` / ``high`` bound the pruned elements (``min/max_sparsity_per_op``): rounding ``k`` to whole
+    blocks never crosses them (with uniform blocks ``low`` is met when a whole number of blocks fits).
+    """
     g = as_grid(grid, pattern)
+    if high is not None:
+        k = min(k, high)
     ((already,),) = _counts([g], [("lt", 0.0)])
     if k <= 0 or already >= k:
         return _keep_pass(g, 0.0, 0)[0]
     if pattern.uniform:
         size = pattern.block_numel
         blocks = min((2 * k + size - 1) // (2 * size), g.blocks)  # the prefix closest to k, fewer on a tie
+        ceiling = g.blocks if high is None else min(g.blocks, high // size)
+        floor = min(-(-low // size), ceiling)  # at least `low` elements where whole blocks allow it
+        blocks = min(max(blocks, floor), ceiling)
         k_elems = blocks * size
         if k_elems <= already:
             return _keep_pass(g, 0.0, 0)[0]
@@ -126,7 +135,10 @@ def select_blocks(grid: object, pattern: Pattern, k: int) -> torch.Tensor:
     t = find_threshold([g], [pattern], lambda c: c[0] >= k, k)
     keep, below, ties = _keep_pass(g, t, None)
     if ties.numel():
-        n = _take_closest(k - below, pattern.sizes_of(ties))
+        sizes = pattern.sizes_of(ties)
+        n = _take_closest(k - below, sizes)
+        if high is not None and n:  # the closest prefix may overshoot by part of a block
+            n = int((torch.cumsum(sizes[:n], 0) <= high - below).sum())
         keep.view(-1)[ties[:n]] = False
     return keep
 

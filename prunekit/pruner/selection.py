@@ -168,11 +168,42 @@ def select_layers(model: nn.Module, config: PrunerConfig) -> list[Layer]:
         by_param[id(weight)] = layer
         selected.append(layer)
     if not selected:
-        raise PruningError(_nothing_selected(group, config, all_names, typed_names))
+        raise PruningError(_nothing_selected(group, config, all_names, typed_names, model))
+    _check_every_selector_matches(group, config, all_names, typed_names)
     return selected
 
 
-def _nothing_selected(group: str, config: PrunerConfig, all_names: list[str], typed_names: list[str]) -> str:
+def _close_names(pattern: str, candidates: list[str]) -> list[str]:
+    plain = re.sub(r"[\\^$.*+?()\[\]{}|]", "", pattern) or pattern
+    return difflib.get_close_matches(plain, candidates, n=5, cutoff=0.4)
+
+
+def _check_every_selector_matches(group: str, config: PrunerConfig, all_names: list[str], typed_names: list[str]) -> None:
+    """Each ``op_names`` entry must match a layer of ``op_types``; each exclusion must match a module.
+
+    A typo in one entry of a list otherwise goes unnoticed (a misspelt exclusion prunes the layer it
+    was meant to protect).
+    """
+    problems = []
+    for key, patterns, candidates, kind in (
+        ("op_names", config.op_names, typed_names, f"layer of op_types {config.op_types!r}"),
+        ("excluded_op_names", config.excluded_op_names, all_names, "module"),
+    ):
+        for i, pattern in enumerate(patterns):
+            compiled = re.compile(pattern)
+            if any(compiled.search(name) for name in candidates):
+                continue
+            close = _close_names(pattern, candidates)
+            hint = f"close names: {', '.join(close)}" if close else f"{kind}s: {', '.join(candidates[:10])}"
+            problems.append(f"{key}[{i}] {pattern!r} matches no {kind} ({hint})")
+    if problems:
+        raise PruningError(
+            f"pruner {group!r}: " + "; ".join(problems) + ". Fix or remove these entries "
+            "(names are those of the unwrapped model, without 'module.')"
+        )
+
+
+def _nothing_selected(group: str, config: PrunerConfig, all_names: list[str], typed_names: list[str], model: nn.Module) -> str:
     what = f"op_names={config.op_names!r}" if config.op_names else "every layer"
     msg = f"pruner {group!r}: no layer matches ({what}, op_types={config.op_types!r}"
     if config.excluded_op_names:
@@ -180,13 +211,17 @@ def _nothing_selected(group: str, config: PrunerConfig, all_names: list[str], ty
     msg += ")"
     close: list[str] = []
     for pattern in config.op_names:
-        plain = re.sub(r"[\\^$.*+?()\[\]{}|]", "", pattern) or pattern
-        close += difflib.get_close_matches(plain, all_names, n=5, cutoff=0.4)
+        close += _close_names(pattern, all_names)
     close = list(dict.fromkeys(close))
     if close:
         msg += f"; close module names: {', '.join(close)}"
     if typed_names:
         msg += f"; layers of op_types: {', '.join(typed_names[:10])}{' ...' if len(typed_names) > 10 else ''}"
+    elif _type_matches(model, config.op_types):
+        msg += (
+            f"; the model itself is a {type(model).__name__}: prunekit prunes the layers inside a model, "
+            f"so wrap it (nn.Sequential(model)) and select '0'"
+        )
     else:
         msg += f"; the model has no module of op_types {config.op_types!r}"
     return msg + ". Fix op_names / op_types (names are those of the unwrapped model, without 'module.')"

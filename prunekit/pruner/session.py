@@ -312,6 +312,7 @@ class Pruning:
         for group in self.groups:
             group.load_state_dict(groups[group.name])
         self._step = int(state_dict["global_step"])
+        self._optimizer_steps_seen = self._step  # steps taken before the save count as observed
         self.history = [PruningRecord(**record) for record in state_dict["history"]]
         self._in_step = False
 
