@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 
 from prunekit.pruner.grids import BlockGrid, as_grid
-from prunekit.pruner.patterns import PRUNED, BlockPattern, NMPattern
+from prunekit.pruner.patterns import BlockPattern, NMPattern
 
 __all__ = ["select_blocks", "global_budgets", "element_budget", "find_threshold"]
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.pruner import Pruning, prepare_pruning
+from prunekit.pruner import prepare_pruning
 from prunekit.pruner import masks as masks_mod
 from prunekit.pruner.masks import new_mask, zero_pruned_
 from prunekit.pruner.patterns import NMPattern, PRUNED

@@ -1,0 +1,245 @@
+"""Intel Neural Compressor 3.7.1's pruning config: ``WeightPruningConfig`` and the flat key names.
+
+:func:`translate_inc` turns the INC form (the keyword globals plus ``pruning_configs``, each entry
+overriding the globals) into prunekit's canonical form, recording where every canonical key came
+from so that errors point at the key the user wrote. INC's defaults apply; a group without an
+explicit scheduler type gets INC's rule (``start_step == end_step`` is one-shot, else iterative).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Any, Mapping
+
+from prunekit.errors import ConfigProblem
+from prunekit.registry import SCHEDULERS, suggest
+from prunekit.validation import format_path
+
+__all__ = [
+    "INC_KEYS",
+    "INC_DEFAULTS",
+    "INC_UNSUPPORTED_CRITERIA",
+    "PRUNEKIT_TOP_KEYS",
+    "WeightPruningConfig",
+    "is_inc_form",
+    "translate_inc",
+]
+
+Path_ = tuple[Any, ...]
+#: top-level keys of prunekit's own form (a config that has one is not in INC's form)
+PRUNEKIT_TOP_KEYS = ("version", "defaults", "pruners", "data_sparsity")
+
+#: INC pruning types prunekit does not implement, with the reason shown to the user
+INC_UNSUPPORTED_CRITERIA = {
+    "pattern_lock": "it only keeps an existing sparsity pattern; load the pruned weights and use finalize() instead",
+    "magnitude_progressive": "progressive pruning is not implemented",
+    "snip_progressive": "progressive pruning is not implemented",
+    "snip_momentum_progressive": "progressive pruning is not implemented",
+    "retrain_free": "retrain-free pruning is not implemented",
+    "sparse_gpt": "SparseGPT is not implemented",
+}
+
+
+#: INC WeightPruningConfig key -> canonical path inside a pruner group
+INC_KEYS: dict[str, tuple[str, ...]] = {
+    "target_sparsity": ("target_sparsity",),
+    "pruning_type": ("criterion",),
+    "pattern": ("pattern",),
+    "op_names": ("op_names",),
+    "excluded_op_names": ("excluded_op_names",),
+    "start_step": ("scheduler", "start_step"),
+    "end_step": ("scheduler", "end_step"),
+    "pruning_scope": ("scope",),
+    "pruning_frequency": ("scheduler", "frequency"),
+    "min_sparsity_ratio_per_op": ("min_sparsity_per_op",),
+    "max_sparsity_ratio_per_op": ("max_sparsity_per_op",),
+    "sparsity_decay_type": ("scheduler", "decay"),
+    "pruning_op_types": ("op_types",),
+    "criterion_reduce_type": ("reduce",),
+}
+#: INC's WeightPruningConfig defaults (they apply to INC-form configs only)
+INC_DEFAULTS: dict[str, Any] = {
+    "target_sparsity": 0.9,
+    "pruning_type": "snip_momentum",
+    "pattern": "4x1",
+    "op_names": [],
+    "excluded_op_names": [],
+    "start_step": 0,
+    "end_step": 0,
+    "pruning_scope": "global",
+    "pruning_frequency": 1,
+    "min_sparsity_ratio_per_op": 0.0,
+    "max_sparsity_ratio_per_op": 0.98,
+    "sparsity_decay_type": "exp",
+    "pruning_op_types": ["Conv", "Linear"],
+    "criterion_reduce_type": "mean",
+}
+#: INC keys that prunekit accepts beyond INC's own: an explicit scheduler and a group name
+_INC_EXTRA_KEYS = ("scheduler", "name")
+_INC_UNSUPPORTED_KEYS = {
+    "reg_type": "regularization during pruning is not implemented",
+    "reg_coeff": "regularization during pruning is not implemented",
+    "parameters": "per-pruner free-form parameters are not used",
+    "resume_from_pruned_checkpoint": "resume with Pruning.load_state_dict() instead",
+    "low_memory_usage": "prunekit always works in low memory; remove the key",
+    "backend": "prunekit works on PyTorch models only; remove the key",
+}
+
+
+class WeightPruningConfig:
+    """INC 3.7.1's ``WeightPruningConfig``: the same keywords, with the same meaning.
+
+    ``pruning_configs`` is a list of dicts, one per pruner group, each overriding the keyword
+    globals. Pass the object to :func:`load_config` or ``prepare_pruning``; mutable defaults are
+    never shared between two objects.
+    """
+
+    def __init__(
+        self,
+        pruning_configs: list[dict[str, Any]] | None = None,
+        target_sparsity: float = 0.9,
+        pruning_type: str = "snip_momentum",
+        pattern: str = "4x1",
+        op_names: list[str] | None = None,
+        excluded_op_names: list[str] | None = None,
+        start_step: int = 0,
+        end_step: int = 0,
+        pruning_scope: str = "global",
+        pruning_frequency: int = 1,
+        min_sparsity_ratio_per_op: float = 0.0,
+        max_sparsity_ratio_per_op: float = 0.98,
+        sparsity_decay_type: str = "exp",
+        pruning_op_types: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.pruning_configs: list[dict[str, Any]] = copy.deepcopy(pruning_configs) if pruning_configs else [{}]
+        self.weight_compression: dict[str, Any] = {
+            "target_sparsity": target_sparsity,
+            "pruning_type": pruning_type,
+            "pattern": pattern,
+            "op_names": list(op_names or []),
+            "excluded_op_names": list(excluded_op_names or []),
+            "start_step": start_step,
+            "end_step": end_step,
+            "pruning_scope": pruning_scope,
+            "pruning_frequency": pruning_frequency,
+            "min_sparsity_ratio_per_op": min_sparsity_ratio_per_op,
+            "max_sparsity_ratio_per_op": max_sparsity_ratio_per_op,
+            "sparsity_decay_type": sparsity_decay_type,
+            "pruning_op_types": list(pruning_op_types) if pruning_op_types is not None else ["Conv", "Linear"],
+            **copy.deepcopy(kwargs),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The INC flat form: the globals plus ``pruning_configs``."""
+        return {**copy.deepcopy(self.weight_compression), "pruning_configs": copy.deepcopy(self.pruning_configs)}
+
+    def __repr__(self) -> str:
+        return f"WeightPruningConfig({self.to_dict()!r})"
+
+
+def is_inc_form(data: Mapping[str, Any]) -> bool:
+    """True for a flat INC-style mapping (INC keys or ``pruning_configs``, no ``pruners``)."""
+    keys = set(data)
+    return not (keys & set(PRUNEKIT_TOP_KEYS)) and bool(keys & (set(INC_KEYS) | {"pruning_configs"}))
+
+
+def translate_inc(data: Mapping[str, Any], version: int) -> tuple[dict[str, Any], dict[Path_, Path_], list[ConfigProblem]]:
+    """INC flat form -> canonical form, with the origin of every canonical key path.
+
+    A group without a scheduler type gets INC's rule: ``start_step == end_step`` means ``oneshot``,
+    otherwise ``iterative``; an explicit ``scheduler`` always wins.
+    """
+    problems: list[ConfigProblem] = []
+    origin: dict[Path_, Path_] = {}
+    allowed = sorted([*INC_KEYS, *_INC_EXTRA_KEYS])
+
+    def check_keys(mapping: Mapping[str, Any], where: Path_) -> None:
+        for key in mapping:
+            if key in INC_KEYS or key in _INC_EXTRA_KEYS or (key == "pruning_configs" and not where):
+                continue
+            path = format_path(where + (key,))
+            if key in _INC_UNSUPPORTED_KEYS:
+                problems.append(ConfigProblem(path, f"INC key '{key}' is not supported by prunekit", _INC_UNSUPPORTED_KEYS[key]))
+                continue
+            hint = suggest(str(key), allowed)
+            did = f"did you mean '{hint}'? " if hint else ""
+            problems.append(ConfigProblem(path, f"unknown key '{key}'", f"{did}INC-style keys are: {', '.join(allowed)}"))
+
+    check_keys(data, ())
+    globals_ = {k: v for k, v in data.items() if k != "pruning_configs"}
+    local_list = data.get("pruning_configs", [{}])
+    if local_list is None or local_list == []:
+        local_list = [{}]
+    if not isinstance(local_list, list) or not all(isinstance(x, Mapping) for x in local_list):
+        problems.append(ConfigProblem("pruning_configs", "expected a list of mappings", "write pruning_configs: [{...}, ...]"))
+        return {}, origin, problems
+
+    pruners: list[dict[str, Any]] = []
+    for i, local in enumerate(local_list):
+        check_keys(local, ("pruning_configs", i))
+        merged = {**INC_DEFAULTS, **globals_, **local}
+        group: dict[str, Any] = {"scheduler": {}}
+        for inc_key, target in INC_KEYS.items():
+            if inc_key not in merged:
+                continue
+            value = copy.deepcopy(merged[inc_key])
+            source: Path_ = ("pruning_configs", i, inc_key) if inc_key in local else ((inc_key,) if inc_key in globals_ else ())
+            if len(target) == 1:
+                group[target[0]] = value
+            else:
+                group["scheduler"][target[1]] = value
+            if source:
+                origin[("pruners", i) + target] = source
+        if "name" in local:
+            group["name"] = local["name"]
+            origin[("pruners", i, "name")] = ("pruning_configs", i, "name")
+        _choose_inc_scheduler(group, merged, local, globals_, i, origin)
+        pruners.append(group)
+    return {"version": version, "pruners": pruners}, origin, problems
+
+
+def _choose_inc_scheduler(
+    group: dict[str, Any],
+    merged: Mapping[str, Any],
+    local: Mapping[str, Any],
+    globals_: Mapping[str, Any],
+    index: int,
+    origin: dict[Path_, Path_],
+) -> None:
+    sched: dict[str, Any] = group["scheduler"]
+    explicit = merged.get("scheduler")
+    where: Path_ = ("pruning_configs", index, "scheduler") if "scheduler" in local else ("scheduler",)
+    if isinstance(explicit, Mapping):
+        sched.update(copy.deepcopy(dict(explicit)))
+        for key in explicit:
+            origin[("pruners", index, "scheduler", key)] = where + (key,)
+    elif explicit is not None:
+        sched["type"] = explicit
+        origin[("pruners", index, "scheduler", "type")] = where
+    if "type" not in sched:  # INC's rule, unless a type was given
+        sched["type"] = "oneshot" if sched.get("start_step") == sched.get("end_step") else "iterative"
+    model = SCHEDULERS.config_of(sched["type"]) if isinstance(sched["type"], str) and sched["type"] in SCHEDULERS else None
+    if model is None:
+        return
+    single = bool(getattr(SCHEDULERS.get(sched["type"]), "single_event", False))
+    for key in ("decay", "frequency"):
+        if key not in sched or (key in model.model_fields and not single):
+            continue
+        inc_key = _inc_name(key)
+        value = sched.pop(key)
+        if (inc_key in local or inc_key in globals_) and value != INC_DEFAULTS[inc_key]:
+            kind = "one-shot schedule (start_step == end_step)" if single else f"{sched['type']} schedule"
+            warnings.warn(
+                f"pruning_configs[{index}]: '{inc_key}' has no effect on a {kind} and is ignored, as INC ignored it",
+                UserWarning,
+                stacklevel=5,
+            )
+
+
+def _inc_name(canonical_key: str) -> str:
+    for inc_key, target in INC_KEYS.items():
+        if target == ("scheduler", canonical_key):
+            return inc_key
+    return canonical_key
