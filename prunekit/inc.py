@@ -185,13 +185,13 @@ def translate_inc(data: Mapping[str, Any], version: int) -> tuple[dict[str, Any]
             if inc_key not in merged:
                 continue
             value = copy.deepcopy(merged[inc_key])
-            source: Path_ = ("pruning_configs", i, inc_key) if inc_key in local else ((inc_key,) if inc_key in globals_ else ())
+            # a value INC's defaults supplied is reported under its INC key name too
+            source: Path_ = ("pruning_configs", i, inc_key) if inc_key in local else (inc_key,)
             if len(target) == 1:
                 group[target[0]] = value
             else:
                 group["scheduler"][target[1]] = value
-            if source:
-                origin[("pruners", i) + target] = source
+            origin[("pruners", i) + target] = source
         if "name" in local:
             group["name"] = local["name"]
             origin[("pruners", i, "name")] = ("pruning_configs", i, "name")

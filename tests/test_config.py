@@ -477,3 +477,8 @@ def test_a_shorthand_scheduler_default_merges_with_group_keys():
 def test_defaults_apply_to_groups_built_in_code_too():
     config = PruningConfig(defaults={"scope": "global", "pattern": "4x1"}, pruners=[pk.PrunerConfig(target_sparsity=0.5, pattern="1x1")])
     assert (config.pruners[0].scope, config.pruners[0].pattern) == ("global", "1x1")
+
+
+def test_an_inc_default_that_conflicts_is_reported_under_its_inc_key():
+    problem = _one("pattern: '2:4'\nstart_step: 0\n")  # INC's default target_sparsity is 0.9
+    assert problem.path == "target_sparsity" and "0.9 exceeds what pattern 2:4 can express" in problem.what
