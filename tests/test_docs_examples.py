@@ -46,5 +46,9 @@ def test_gallery_has_a_picture_for_every_builtin_scheduler(tmp_path):
             assert f"schedule_{entry.name}.png" in written
             assert (ROOT / "docs" / "images" / f"schedule_{entry.name}.png").exists()
             assert f"## `{entry.name}`" in text
+        elif entry.obj.__module__.startswith("prunekit."):  # a built-in data scheduler
+            assert entry.name in module.DATA_EXAMPLES, f"docs/build_gallery.py does not draw {entry.name!r}"
+            assert f"| `{entry.name}` |" in text.split("## Data schedulers")[1]
+    assert "schedule_data.png" in written and (ROOT / "docs" / "images" / "schedule_data.png").exists()
     for curve in pk.DECAY_CURVES.names():
         assert f"| `{curve}` |" in text
