@@ -22,6 +22,8 @@ from typing import Any, Mapping
 
 import torch
 
+from prunekit.pruner.selection import Layout
+
 __all__ = ["LayerSparsity", "load_weights", "analyse", "satisfied_patterns", "CHECKED_PATTERNS"]
 
 #: the patterns ``report`` checks, in the order they are listed
@@ -96,10 +98,8 @@ def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
 
 
 def as_2d(weight: torch.Tensor) -> torch.Tensor:
-    """``[out, in]`` for 2-D weights, ``[out, k... · in]`` for convolutions."""
-    if weight.dim() == 2:
-        return weight
-    return weight.permute(0, *range(2, weight.dim()), 1).reshape(weight.shape[0], -1)
+    """The pruner's view: ``[out, in]`` for 2-D weights, ``[out, k... · in]`` for convolutions."""
+    return Layout("linear" if weight.dim() == 2 else "conv", tuple(weight.shape)).to_2d(weight)
 
 
 def satisfied_patterns(zero2d: torch.Tensor) -> tuple[str, ...]:

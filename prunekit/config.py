@@ -50,7 +50,7 @@ from prunekit.pattern_syntax import PATTERN_SYNTAX_HELP, PatternSpec, parse_patt
 from prunekit.registry import CRITERIA, SCHEDULERS, suggest
 from prunekit.schedulers.base import SchedulerConfig, WeightSchedulerConfig
 from prunekit.schedulers.oneshot import OneshotConfig
-from prunekit.validation import check_regexes, format_path, problems_from_validation_error, rule_error
+from prunekit.validation import check_class_names, check_regexes, format_path, problems_from_validation_error, rule_error
 from prunekit.yaml_source import YamlSource, read_yaml
 
 __all__ = [
@@ -143,10 +143,7 @@ class PrunerConfig(BaseModel):
     @field_validator("op_types")
     @classmethod
     def _op_types_named(cls, value: list[str]) -> list[str]:
-        for i, name in enumerate(value):
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise rule_error(f"op_types[{i}] {name!r} is not a class name", "write a class name such as Linear or Conv2d")
-        return value
+        return check_class_names(value, "op_types", "Linear or Conv2d")
 
     @field_validator("pattern")
     @classmethod

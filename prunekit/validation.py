@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 from prunekit.errors import ConfigProblem
 from prunekit.registry import suggest
 
-__all__ = ["rule_error", "check_regexes", "format_path", "problems_from_validation_error"]
+__all__ = ["rule_error", "check_regexes", "check_class_names", "format_path", "problems_from_validation_error"]
 
 Path = tuple[Any, ...]
 
@@ -37,6 +37,14 @@ def check_regexes(patterns: list[str], key: str) -> list[str]:
                 "escape special characters with a backslash (e.g. 'layer\\.0'), or fix the expression",
             ) from None
     return patterns
+
+
+def check_class_names(names: list[str], key: str, example: str) -> list[str]:
+    """``names`` unchanged when each is a Python identifier (a class name); else a located rule error."""
+    for i, name in enumerate(names):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise rule_error(f"{key}[{i}] {name!r} is not a class name", f"write a class name such as {example}")
+    return names
 
 
 def format_path(path: Sequence[Any]) -> str:

@@ -38,7 +38,7 @@ from prunekit.data.norm import DataNormConfig
 from prunekit.errors import ConfigError, ConfigProblem, RegistryError
 from prunekit.registry import SCHEDULERS, get_scheduler, suggest
 from prunekit.schedulers.data import BaseDataScheduler, DataSchedulerConfig, LambdaDataScheduler
-from prunekit.validation import check_regexes, problems_from_validation_error, rule_error
+from prunekit.validation import check_class_names, check_regexes, problems_from_validation_error, rule_error
 
 __all__ = [
     "DataSparsifierConfig",
@@ -144,10 +144,7 @@ class DataSparsityConfig(BaseModel):
     @field_validator("module_types")
     @classmethod
     def _type_names(cls, value: list[str]) -> list[str]:
-        for i, name in enumerate(value):
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                raise rule_error(f"module_types[{i}] {name!r} is not a class name", "write a class name such as Embedding")
-        return value
+        return check_class_names(value, "module_types", "Embedding")
 
     @model_validator(mode="after")
     def _selects_something(self) -> "DataSparsityConfig":

@@ -33,18 +33,10 @@ except ImportError:  # pragma: no cover - depends on what is installed
 
 from prunekit.config import PruningConfig, load_config
 from prunekit.errors import PruningError
-from prunekit.integrations._common import group_sparsity_metrics
+from prunekit.integrations._common import group_sparsity_metrics, unwrap_optimizer
 from prunekit.pruner.session import Pruning
 
 __all__ = ["PruningCallback"]
-
-
-def _torch_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The ``torch.optim.Optimizer`` behind a ``LightningOptimizer`` (or the optimizer itself)."""
-    inner = getattr(optimizer, "optimizer", optimizer)
-    if not isinstance(inner, torch.optim.Optimizer):
-        raise PruningError(f"cannot find the torch optimizer inside {type(optimizer).__name__}")
-    return inner
 
 
 class PruningCallback(pl.Callback):
@@ -88,7 +80,7 @@ class PruningCallback(pl.Callback):
         weights = {id(layer.weight) for group in self.pruning.groups for layer in group.layers}
         candidates = []
         for optimizer in trainer.optimizers:
-            inner = _torch_optimizer(optimizer)
+            inner = unwrap_optimizer(optimizer)
             if any(id(p) in weights for g in inner.param_groups for p in g["params"]):
                 candidates.append(inner)
         if len(candidates) != 1:

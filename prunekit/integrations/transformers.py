@@ -41,7 +41,7 @@ except ImportError as err:  # pragma: no cover - depends on what is installed
 
 from prunekit.config import PruningConfig, load_config
 from prunekit.errors import PruningError
-from prunekit.integrations._common import group_sparsity_metrics
+from prunekit.integrations._common import group_sparsity_metrics, unwrap_optimizer
 from prunekit.pruner.session import Pruning
 
 __all__ = ["PruningTrainerCallback", "STATE_FILE", "unwrap_optimizer"]
@@ -49,17 +49,6 @@ __all__ = ["PruningTrainerCallback", "STATE_FILE", "unwrap_optimizer"]
 #: file name of the pruning state inside a Trainer checkpoint folder
 STATE_FILE = "prunekit_pruning.pt"
 _HAS_OPTIMIZER_EVENTS = hasattr(TrainerCallback, "on_pre_optimizer_step") and hasattr(TrainerCallback, "on_optimizer_step")
-
-
-def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The ``torch.optim.Optimizer`` inside wrappers such as accelerate's ``AcceleratedOptimizer``."""
-    seen = 0
-    while not type(optimizer).__module__.startswith("torch.optim") and hasattr(optimizer, "optimizer") and seen < 8:
-        optimizer = optimizer.optimizer
-        seen += 1
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise PruningError(f"cannot find the torch optimizer inside {type(optimizer).__name__}")
-    return optimizer
 
 
 class PruningTrainerCallback(TrainerCallback):
