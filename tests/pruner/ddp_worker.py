@@ -1,7 +1,14 @@
-"""One rank of the DDP test (launched by test_distributed.py): ``python ddp_worker.py RANK WORLD PORT OUT``."""
+"""One rank of the DDP test (launched by test_distributed.py): ``python ddp_worker.py RANK WORLD STORE OUT``.
+
+``STORE`` is a file path for gloo's rendezvous (a file store needs no free TCP port, so parallel runs
+cannot collide). Every object that holds the process group (the DDP wrapper, its reducer) is released
+and the ranks meet at a barrier before the group is destroyed: a DDP reducer that outlives its process
+group makes gloo abort the interpreter at exit ("terminate called without an active exception").
+"""
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 
@@ -36,13 +43,8 @@ def masks_agree(masks: dict[str, torch.Tensor], world: int) -> bool:
     return agree
 
 
-def main() -> None:
-    rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    result: dict[str, list] = {"ddp_events": [], "ddp_agree": [], "sync_agree": [], "nosync_agree": []}
-
-    # (1) DDP, gradient criterion, global scope: every rank sees different data
+def ddp_run(rank: int, world: int, result: dict[str, list]) -> None:
+    """DDP, gradient criterion, global scope: every rank sees different data."""
     model = DistributedDataParallel(mlp(seed=0))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     session = prepare_pruning(model, CFG, opt)
@@ -55,7 +57,9 @@ def main() -> None:
             result["ddp_events"].append([step, session.history[-1].sparsity])
             result["ddp_agree"].append(masks_agree(session.masks, world))
 
-    # (2) ranks with different weights (no DDP): rank 0's masks are broadcast; without sync they differ
+
+def unsynchronized_run(rank: int, world: int, result: dict[str, list]) -> None:
+    """Ranks with different weights (no DDP): rank 0's masks are broadcast; without sync they differ."""
     for key, sync in (("sync_agree", None), ("nosync_agree", False)):
         plain = mlp(seed=100 + rank)
         opt = torch.optim.SGD(plain.parameters(), lr=0.05)
@@ -66,10 +70,20 @@ def main() -> None:
         result[key].append(masks_agree(session.masks, world))
         for layer in session.groups[0].layers:
             assert (layer.weight.detach()[~session.masks[layer.name]] == 0).all()
+
+
+def main() -> None:
+    rank, world, store, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    result: dict[str, list] = {"ddp_events": [], "ddp_agree": [], "sync_agree": [], "nosync_agree": []}
+    ddp_run(rank, world, result)
+    unsynchronized_run(rank, world, result)
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
     with open(out, "w") as fh:
         json.dump(result, fh)
-
 
 if __name__ == "__main__":
     main()

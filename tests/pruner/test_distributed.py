@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,19 +14,13 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.distributed
 def test_ddp_masks_identical_across_ranks(tmp_path: Path) -> None:
-    world, port = 2, _free_port()
+    world, store = 2, tmp_path / "rendezvous"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "ddp_worker.py"), str(rank), str(world), str(port), str(tmp_path / f"r{rank}.json")],
+            [sys.executable, str(HERE / "ddp_worker.py"), str(rank), str(world), str(store), str(tmp_path / f"r{rank}.json")],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for rank in range(world)
