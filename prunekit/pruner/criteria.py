@@ -129,4 +129,4 @@ class SnipMomentumCriterion(Criterion):
         torch.nan_to_num_(fresh, nan=0.0, posinf=0.0, neginf=0.0)
         if acc is None:
             return fresh.clone()
-        return acc.mul_(self.momentum).add_(fresh)
+        return torch.add(fresh, acc, alpha=self.momentum, out=acc)  # one pass over S: fresh + momentum·S

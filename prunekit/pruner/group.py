@@ -111,7 +111,7 @@ class PrunerGroup:
         #: the sparsity ratio in force (the last event's target)
         self.ratio = 0.0
         self.has_pruned = False
-        self._buffers: dict[torch.device, torch.Tensor] = {}
+        self._buffers: dict[tuple[torch.device, str], torch.Tensor] = {}
         self._last_event_step = self.scheduler.last_event_step  # events() builds a tuple: not per step
 
     @property
@@ -192,11 +192,15 @@ class PrunerGroup:
             and (grad is None or (grad.is_contiguous() and grad.layout == torch.strided))
         )
 
-    def _scratch(self, device: torch.device, numel: int) -> torch.Tensor:
-        """A float32 buffer of at least ``numel`` elements on ``device``, shared by the layers (no per-step allocation)."""
-        buf = self._buffers.get(device)
+    def _scratch(self, device: torch.device, numel: int, purpose: str = "scores") -> torch.Tensor:
+        """A float32 buffer of at least ``numel`` elements on ``device``, shared by the layers (no per-step allocation).
+
+        ``purpose`` names independent buffers (element scores, and their block reduction).
+        """
+        key = (device, purpose)
+        buf = self._buffers.get(key)
         if buf is None or buf.numel() < numel:
-            buf = self._buffers[device] = torch.empty(numel, dtype=torch.float32, device=device)
+            buf = self._buffers[key] = torch.empty(numel, dtype=torch.float32, device=device)
         return buf[:numel]
 
     @torch.no_grad()
@@ -221,15 +225,19 @@ class PrunerGroup:
             w2, g2, m2 = layer.weight.detach().view(rows, cols), grad.view(rows, cols), mask.view(rows, cols)
             per = self._chunk_rows(layer)
             scratch = self._scratch(layer.weight.device, min(per, rows) * cols)
+            blocks = isinstance(pattern, BlockPattern) and pattern.block_numel > 1
             r = _row_block(pattern)
+            if blocks:
+                reduced = self._scratch(layer.weight.device, -(-min(per, rows) // r) * pattern.grid_cols, "blocks")
             for a in range(0, rows, per):
                 b = min(a + per, rows)
                 if mask_grads:
                     zero_pruned_(g2[a:b], m2[a:b])
                 s = self.criterion.score(w2[a:b], g2[a:b], out=scratch[: (b - a) * cols].view(b - a, cols))
-                if isinstance(pattern, BlockPattern) and pattern.block_numel > 1:
-                    res = BlockPattern(b - a, cols, pattern.r, pattern.c).resolution(s, reduce)
-                    self.criterion.accumulate(acc[a // r : -(-b // r)], res)
+                if blocks:
+                    target = acc[a // r : -(-b // r)]
+                    res = BlockPattern(b - a, cols, pattern.r, pattern.c).resolution(s, reduce, out=reduced[: target.numel()].view(target.shape))
+                    self.criterion.accumulate(target, res)
                 else:
                     self.criterion.accumulate(acc[a:b], s)
 

@@ -87,19 +87,18 @@ class BlockPattern:
             col_parts.append((slice(fc, self.cols), slice(self.full_cols, self.grid_cols), self.edge_cols))
         return [(er, ec, gr, gc, br, bc) for (er, gr, br), (ec, gc, bc) in itertools.product(row_parts, col_parts)]
 
-    def resolution(self, scores2d: torch.Tensor, reduce: Reduce) -> torch.Tensor:
-        """Block reduction: ``grid[i, j] = reduce(scores of block (i, j))`` (float32)."""
+    def resolution(self, scores2d: torch.Tensor, reduce: Reduce, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Block reduction: ``grid[i, j] = reduce(scores of block (i, j))`` (float32).
+
+        ``out``: a float32 tensor of the grid's shape to write into (no allocation for uniform blocks);
+        ignored for ``1x1``, whose resolution is the float32 scores themselves.
+        """
         if self.r == 1 and self.c == 1:
             return scores2d.float().contiguous()
-        out = torch.empty(self.grid_rows, self.grid_cols, dtype=torch.float32, device=scores2d.device)
+        if out is None:
+            out = torch.empty(self.grid_rows, self.grid_cols, dtype=torch.float32, device=scores2d.device)
         for er, ec, gr, gc, br, bc in self._parts():
-            sub = scores2d[er, ec]
-            blocks = sub.reshape(sub.shape[0] // br, br, sub.shape[1] // bc, bc)
-            if reduce == "max":
-                out[gr, gc] = blocks.amax(dim=(1, 3))
-            else:
-                red = blocks.sum(dim=(1, 3), dtype=torch.float32)
-                out[gr, gc] = red / (br * bc) if reduce == "mean" else red
+            _block_reduce(scores2d[er, ec], br, bc, reduce, out[gr, gc])
         return out
 
     def pruned_blocks(self, mask2d: torch.Tensor) -> torch.Tensor:
@@ -130,6 +129,49 @@ class BlockPattern:
         g = keep_grid[:, None, :, None].expand(self.grid_rows, self.r, self.grid_cols, self.c)
         full = g.reshape(self.grid_rows * self.r, self.grid_cols * self.c)
         return full if self.uniform else full[: self.rows, : self.cols].contiguous()
+
+
+#: widest column block reduced by adding strided column slices (wider ones use one reduction kernel)
+_SLICE_REDUCE_MAX = 8
+
+
+def _block_reduce(sub: torch.Tensor, br: int, bc: int, reduce: Reduce, dest: torch.Tensor) -> None:
+    """``dest[i, j] = reduce(sub[i*br:(i+1)*br, j*bc:(j+1)*bc])`` for the ``br x bc`` blocks tiling ``sub``.
+
+    On CPU, PyTorch's reduction over a *middle* dimension (the ``br`` rows of a block) is fast, but a
+    reduction over a short *innermost* one (the ``bc`` columns) runs at a few ns per element, so
+    narrow column blocks are reduced by adding (or taking the maximum of) their ``bc`` strided
+    column slices instead: ~10x faster for ``1x4`` and ``2x2``. ``mean`` divides the sums by
+    ``br * bc``. Sums may differ from a tree reduction in the last bit.
+    """
+    nr, nc = dest.shape
+    rows = sub.float()
+    if br > 1:
+        stacked = rows.reshape(nr, br, nc * bc)
+        reduced = torch.empty(nr, nc * bc, dtype=torch.float32, device=sub.device) if bc > 1 else dest
+        reducer = torch.amax if reduce == "max" else torch.sum
+        if reduced.is_contiguous():
+            reducer(stacked, dim=1, out=reduced)
+        else:  # a column slice of the grid (layers with a partial edge column)
+            reduced.copy_(reducer(stacked, dim=1))
+        rows = reduced
+    if bc > 1:
+        cols = rows.reshape(nr, nc, bc)
+        if bc <= _SLICE_REDUCE_MAX:
+            dest.copy_(cols[..., 0])
+            for j in range(1, bc):
+                if reduce == "max":
+                    torch.maximum(dest, cols[..., j], out=dest)
+                else:
+                    dest.add_(cols[..., j])
+        elif reduce == "max":
+            dest.copy_(cols.amax(dim=-1))
+        else:
+            dest.copy_(cols.sum(dim=-1))
+    elif br == 1:
+        dest.copy_(rows)
+    if reduce == "mean":
+        dest.div_(br * bc)
 
 
 class NMPattern:

@@ -187,3 +187,21 @@ def test_layout_roundtrip_and_rows_are_outputs(module: nn.Module) -> None:
     assert w2.shape == (4, w.numel() // 4)  # rows = the 4 output features / channels
     assert torch.equal(layout.from_2d(w2), w)
     assert layout.inner == 6  # input channels are innermost (N:M groups run along them)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "sum", "max"])
+def test_block_scores_equal_each_blocks_reduction_partial_edges_included(reduce: str) -> None:
+    """The fast block reduction (strided slices for narrow blocks, a kernel for wide ones) is exact per block."""
+    from prunekit.pruner.patterns import BlockPattern
+
+    gen = torch.Generator().manual_seed(0)
+    for rows, cols in ((8, 16), (7, 12), (16, 5)):
+        for r, c in ((1, 4), (4, 1), (2, 2), (3, 3), (1, 9), (0, 1), (1, 0), (4, 4)):
+            pattern = BlockPattern(rows, cols, r, c)
+            scores = torch.rand(rows, cols, generator=gen)
+            got = pattern.resolution(scores, reduce)
+            for i in range(pattern.grid_rows):
+                for j in range(pattern.grid_cols):
+                    block = scores[i * pattern.r : (i + 1) * pattern.r, j * pattern.c : (j + 1) * pattern.c]
+                    want = {"mean": block.mean(), "sum": block.sum(), "max": block.max()}[reduce]
+                    assert torch.allclose(got[i, j], want, rtol=1e-6, atol=1e-7), (rows, cols, r, c, i, j)
