@@ -47,6 +47,15 @@ class Criterion(abc.ABC):
         ``out``, when given, is a float32 buffer of the weight's shape to write into (no allocation).
         """
 
+    def inputs(self, weight: torch.Tensor, grad: torch.Tensor | None) -> tuple[torch.Tensor, ...] | None:
+        """The tensors whose entries are all finite exactly when every score is finite, or ``None``.
+
+        Lets an event check finiteness with one reduction over the weight (and gradient) instead of
+        a pass that computes every score; ``None`` (the default, for criteria that may create
+        non-finite scores from finite inputs) makes the event scan the scores themselves.
+        """
+        return None
+
     def accumulate(self, acc: torch.Tensor | None, fresh: torch.Tensor) -> torch.Tensor:
         """Fold this step's (block-reduced) ``fresh`` scores into ``acc`` (in place when possible)."""
         return fresh
@@ -76,6 +85,9 @@ class MagnitudeCriterion(Criterion):
 
     name = "magnitude"
 
+    def inputs(self, weight: torch.Tensor, grad: torch.Tensor | None) -> tuple[torch.Tensor, ...] | None:
+        return (weight,)
+
     def score(self, weight: torch.Tensor, grad: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
         if out is None:
             return weight.detach().abs().float()
@@ -88,6 +100,9 @@ class GradientCriterion(Criterion):
 
     name = "gradient"
     needs_grad = True
+
+    def inputs(self, weight: torch.Tensor, grad: torch.Tensor | None) -> tuple[torch.Tensor, ...] | None:
+        return (self._require_grad(grad),)
 
     def score(self, weight: torch.Tensor, grad: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
         g = self._require_grad(grad).detach()
@@ -102,6 +117,9 @@ class SnipCriterion(Criterion):
 
     name = "snip"
     needs_grad = True
+
+    def inputs(self, weight: torch.Tensor, grad: torch.Tensor | None) -> tuple[torch.Tensor, ...] | None:
+        return (weight, self._require_grad(grad))  # |w·g| of finite inputs is finite or +inf (kept)
 
     def score(self, weight: torch.Tensor, grad: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
         return _abs_product(weight.detach(), self._require_grad(grad).detach(), out)

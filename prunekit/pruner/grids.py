@@ -30,9 +30,14 @@ class BlockGrid(Protocol):
     blocks: int
     #: 2-D shape of the block grid
     shape: tuple[int, ...]
+    #: elements in blocks scored ``PRUNED`` when known without reading the scores, else ``None``
+    known_pruned: int | None
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
         """``(flat block offset, 1-D float32 scores)``; a chunk is only valid until the next one is asked for."""
+
+    def chunk(self, start: int) -> torch.Tensor:
+        """The chunk :meth:`chunks` yields at flat block offset ``start`` (a multiple of the chunk size)."""
 
     def sample(self, stride: int) -> torch.Tensor:
         """Every ``stride``-th block score (flat order), a new tensor."""
@@ -50,6 +55,7 @@ class TensorGrid:
         self.pattern = pattern
         self.blocks = self.flat.numel()
         self.shape = tuple(grid.shape)
+        self.known_pruned: int | None = None
 
     @property
     def device(self) -> torch.device:
@@ -58,6 +64,9 @@ class TensorGrid:
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
         for start in range(0, self.blocks, _masks.CHUNK):
             yield start, self.flat[start : start + _masks.CHUNK]
+
+    def chunk(self, start: int) -> torch.Tensor:
+        return self.flat[start : start + _masks.CHUNK]
 
     def sample(self, stride: int) -> torch.Tensor:
         return self.flat[::stride].float()
@@ -83,6 +92,8 @@ class StreamGrid:
         self.blocks = shape[0] * shape[1]
         self.pattern = pattern
         self._device = device
+        #: elements already pruned (scored ``PRUNED``) when the caller knows it from the mask, else ``None``
+        self.known_pruned: int | None = None
 
     @property
     def device(self) -> torch.device:
@@ -91,6 +102,9 @@ class StreamGrid:
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
         for start in range(0, self.blocks, _masks.CHUNK):
             yield start, self._score(start, min(start + _masks.CHUNK, self.blocks))
+
+    def chunk(self, start: int) -> torch.Tensor:
+        return self._score(start, min(start + _masks.CHUNK, self.blocks))
 
     def sample(self, stride: int) -> torch.Tensor:
         return self._sample(stride)

@@ -22,7 +22,7 @@ from prunekit.pruner.grids import BlockGrid, StreamGrid, TensorGrid
 from prunekit.pruner import masks as _masks
 from prunekit.pruner.masks import apply_mask_, kept_bool, mark_pruned_, mask_grad_, mask_optimizer_state_, new_mask, zero_pruned_
 from prunekit.pruner.patterns import PRUNED, BlockPattern, NMPattern, make_pattern
-from prunekit.pruner.scope import element_budget, global_budgets, select_blocks
+from prunekit.pruner.scope import element_budget, global_threshold, select_blocks
 from prunekit.pruner.selection import Layer
 from prunekit.schedulers.base import PruningEvent, Scheduler
 
@@ -264,9 +264,7 @@ class PrunerGroup:
             score = self.criterion.score(layer.weight, grad)
             res = pattern.resolution(layer.layout.to_2d(score), reduce)
             grid = TensorGrid(pattern.grid(res, mask2d, reduce, owned=True), pattern)
-        # scores are >= 0 or PRUNED: the maximum is NaN or inf exactly when some score is
-        top = torch.stack([c.max() for _, c in grid.chunks() if c.numel()]).max()
-        if not bool(torch.isfinite(top)):
+        if not self._finite(layer, grid, grad):
             source = "weights" if not self.criterion.needs_grad else "weights or gradients"
             raise PruningError(
                 f"pruner {self.name!r}, layer {layer.name!r}: {self.criterion.name} scores at optimizer step {step} are "
@@ -274,6 +272,21 @@ class PrunerGroup:
                 f"use a GradScaler) before pruning"
             )
         return grid
+
+    def _finite(self, layer: Layer, grid: BlockGrid, grad: torch.Tensor | None) -> bool:
+        """True when every score of ``grid`` is finite (one host read).
+
+        A streamed grid is checked on what its scores are computed from (one min/max reduction per
+        tensor, see :meth:`Criterion.inputs`) rather than by computing every score once more.
+        """
+        inputs = None
+        if isinstance(grid, StreamGrid):
+            inputs = (self.scores[layer.name],) if self.criterion.accumulates else self.criterion.inputs(layer.weight.detach(), grad)
+        if inputs is not None:
+            extremes = torch.stack([torch.stack(torch.aminmax(t)).float() for t in inputs])
+            return bool(torch.isfinite(extremes).all())
+        # scores are >= 0 or PRUNED: the maximum is NaN or inf exactly when some score is
+        return bool(torch.isfinite(torch.stack([c.max() for _, c in grid.chunks() if c.numel()]).max()))
 
     def _stream_grid(self, layer: Layer, pattern: BlockPattern, grad: torch.Tensor | None) -> StreamGrid:
         """1x1 scores computed chunk by chunk from the weight (and gradient) or the accumulated scores."""
@@ -299,7 +312,9 @@ class PrunerGroup:
                 s = criterion.score(w[::stride], None if g is None else g[::stride])
             return s.masked_fill_(m[::stride] == 0, PRUNED)
 
-        return StreamGrid(score, sample, (pattern.rows, pattern.cols), pattern, w.device)
+        grid = StreamGrid(score, sample, (pattern.rows, pattern.cols), pattern, w.device)
+        grid.known_pruned = m.numel() - int(torch.count_nonzero(m))  # = the scores marked PRUNED, without a pass
+        return grid
 
     def _chunked_grid(self, layer: Layer, pattern: BlockPattern | NMPattern, grad: torch.Tensor | None, mask2d: torch.Tensor) -> torch.Tensor:
         """The block grid of a non-accumulating criterion, scored in row chunks (chunk-sized temporaries)."""
@@ -338,9 +353,9 @@ class PrunerGroup:
             total = element_budget(ratio, sum(numels))
             low = [math.ceil(min(cfg.min_sparsity_per_op, ratio) * n - 1e-9) for n in numels]
             high = [math.floor(cfg.max_sparsity_per_op * n + 1e-9) for n in numels]
-            budgets = global_budgets(grids, [self.patterns[l.name] for l in self.layers], total, low, high)
+            budgets, threshold = global_threshold(grids, [self.patterns[l.name] for l in self.layers], total, low, high)
             for layer, grid, budget, lo, hi in zip(self.layers, grids, budgets, low, high):
-                self._set_mask(layer, grid, budget, optimizers, sync, low=lo, high=hi)
+                self._set_mask(layer, grid, budget, optimizers, sync, low=lo, high=hi, hint=threshold)
             del grids
         self.ratio = ratio
         kept = torch.stack([torch.count_nonzero(m) for m in self.mask8.values()]).tolist()
@@ -360,9 +375,10 @@ class PrunerGroup:
         sync: bool,
         low: int = 0,
         high: int | None = None,
+        hint: float | None = None,
     ) -> None:
         pattern = self.patterns[layer.name]
-        keep = layer.layout.from_2d(pattern.expand(select_blocks(grid, pattern, budget, low, high)))
+        keep = layer.layout.from_2d(pattern.expand(select_blocks(grid, pattern, budget, low, high, hint)))
         keep8 = keep.contiguous().view(torch.int8)  # 0/1; fresh tensor
         mask = self.mask8[layer.name]
         mask.bitwise_and_(keep8.neg_())  # pruned weights never come back

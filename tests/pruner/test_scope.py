@@ -5,16 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit.pruner import scope
+from prunekit.pruner import masks, scope
 from prunekit.pruner.patterns import PRUNED, BlockPattern
 
 
-@pytest.fixture(params=["default", "tiny_sample"])
+@pytest.fixture(params=["default", "tiny_sample", "tiny_chunks"])
 def sample(request, monkeypatch):
-    """tiny_sample: a 64-value sample with a 4-value bracket, so narrowing, misses and fallbacks all run."""
+    """tiny_sample: a 64-value sample with a 4-value bracket, so narrowing, misses and fallbacks all run;
+    tiny_chunks: 100-score chunks, so counts, gathering and tie handling span many chunks."""
     if request.param == "tiny_sample":
         monkeypatch.setattr(scope, "_SAMPLE", 64)
         monkeypatch.setattr(scope, "_SLACK", 4)
+    if request.param == "tiny_chunks":
+        monkeypatch.setattr(masks, "CHUNK", 100)
 
 
 def random_grid(rows: int, cols: int, seed: int, ties: bool = False, pruned: float = 0.0) -> torch.Tensor:
@@ -38,6 +41,18 @@ def test_local_1x1_prunes_exactly_the_k_lowest(sample, ties: bool, k: int) -> No
     expected = torch.ones(grid.numel(), dtype=torch.bool)
     expected[order[: max(k, already)]] = False
     assert torch.equal(keep.view(-1), expected)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("k", [1, 37, 500, 2047])
+def test_a_threshold_hint_never_changes_the_choice(sample, ties: bool, k: int) -> None:
+    """select_blocks(hint=the threshold) takes its shortcut; any other hint falls back to the search."""
+    grid = random_grid(32, 64, seed=k, ties=ties, pruned=0.1)
+    pattern = BlockPattern(32, 64, 1, 1)
+    expected = scope.select_blocks(grid, pattern, k)
+    exact = float(torch.sort(grid.view(-1)).values[k - 1])
+    for hint in (exact, 0.0, 0.5, 2.0, float(grid.max())):
+        assert torch.equal(scope.select_blocks(grid, pattern, k, hint=hint), expected), hint
 
 
 def brute_budgets(grids, total, low, high):
