@@ -150,6 +150,8 @@ def select_blocks(
         k_elems = blocks * size
         if k_elems <= already:
             return _keep_pass(g, 0.0, 0)[0]
+        if blocks == g.blocks:  # every block goes (2:4 at 0.5, say): nothing to search
+            return torch.zeros(g.shape, dtype=torch.bool, device=g.device)
         if hint is not None and hint >= 0:
             keep, below, tied, tie_starts = _keep_above(g, hint)
             n = blocks - below // size
