@@ -20,7 +20,17 @@ from prunekit.registry import CRITERIA, get_scheduler
 from prunekit.pruner.criteria import Criterion
 from prunekit.pruner.grids import BlockGrid, StreamGrid, TensorGrid
 from prunekit.pruner import masks as _masks
-from prunekit.pruner.masks import apply_mask_, kept_bool, mark_pruned_, mask_grad_, mask_optimizer_state_, new_mask, zero_pruned_
+from prunekit.pruner.masks import (
+    apply_mask_,
+    floor_second_moments_,
+    kept_bool,
+    mark_pruned_,
+    mask_grad_,
+    mask_optimizer_state_,
+    new_mask,
+    second_moment_refresh_period,
+    zero_pruned_,
+)
 from prunekit.pruner.patterns import PRUNED, BlockPattern, NMPattern, make_pattern
 from prunekit.pruner.scope import element_budget, global_threshold, select_blocks
 from prunekit.pruner.selection import Layer
@@ -113,6 +123,8 @@ class PrunerGroup:
         self.has_pruned = False
         self._buffers: dict[tuple[torch.device, str], torch.Tensor] = {}
         self._last_event_step = self.scheduler.last_event_step  # events() builds a tuple: not per step
+        #: optimizer step at which Adam/AdamW second moments of pruned weights were last floored (see masks)
+        self._floored_at: int | None = None
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -125,6 +137,25 @@ class PrunerGroup:
         return self.scheduler.start_step <= step <= self._last_event_step
 
     def before_step(self, step: int, optimizers: Iterable[torch.optim.Optimizer], sync: bool | None) -> PruningRecord | None:
+        """Accumulate scores, run the event of ``step`` if any, zero the pruned gradients (see :meth:`_before_step`);
+        then keep Adam/AdamW second moments of pruned weights floored (every few thousand steps)."""
+        optimizers = optimizers if isinstance(optimizers, (list, tuple)) else list(optimizers)
+        record = self._before_step(step, optimizers, sync)
+        if self.has_pruned:
+            self._refresh_second_moments(step, optimizers)
+        return record
+
+    def _refresh_second_moments(self, step: int, optimizers: list[torch.optim.Optimizer]) -> None:
+        period = second_moment_refresh_period(optimizers)
+        if period is None or (self._floored_at is not None and 0 <= step - self._floored_at < period):
+            return
+        found = False
+        for weight, mask in self._pairs:
+            found = floor_second_moments_(optimizers, weight, mask) or found
+        if found:  # the state exists from the optimizer's first step on
+            self._floored_at = step
+
+    def _before_step(self, step: int, optimizers: list[torch.optim.Optimizer], sync: bool | None) -> PruningRecord | None:
         """Accumulate scores, run the event of ``step`` if any, zero the pruned gradients.
 
         Between events this is one pass over the gradients (fused with the score accumulation of
@@ -389,6 +420,7 @@ class PrunerGroup:
             dist.broadcast(mask, src=0)
         apply_mask_(layer.weight, mask)
         mask_optimizer_state_(optimizers, layer.weight, mask)
+        self._floored_at = None  # new pruned entries: floor their second moments after this event
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
