@@ -20,7 +20,8 @@ forward path (no hooks, no parametrizations).
 Why pruned weights stay exactly zero:
 
 * at every event the pruned weights **and** every optimizer state tensor of the weight's shape
-  (momentum buffers, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``...) are zeroed;
+  (momentum buffers, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``...) are zeroed, except that
+  Adam/AdamW second moments are set to :data:`SECOND_MOMENT_FLOOR` (see there why);
 * before every optimizer step the pruned gradients are zeroed.
 
 For SGD (momentum, Nesterov, weight decay), Adam and AdamW (weight decay, AMSGrad) that alone
