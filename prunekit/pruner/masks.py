@@ -33,6 +33,7 @@ price of correctness for any optimizer. :func:`reapply_needed` decides.
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -119,24 +120,34 @@ def zero_pruned_(t: torch.Tensor, mask: torch.Tensor) -> None:
         bits[start:stop].bitwise_and_(wide)
 
 
-_MINUS_ONE_BITS = -1082130432  # float32 -1.0 as int32 (0xBF800000)
-
-
 @torch.no_grad()
-def mark_pruned_(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Set the pruned entries of float32 ``scores`` to exactly ``-1.0`` in place; returns ``scores``.
+def fill_pruned_(t: torch.Tensor, mask: torch.Tensor, value: float) -> torch.Tensor:
+    """``t[mask == 0] = value`` in place, exactly; returns ``t`` (``mask``: int8 of ``t``'s shape, 0 = pruned).
 
-    ``scores`` and ``mask`` (int8, 0 = pruned) are contiguous and of at most :data:`CHUNK` elements
-    on CPU (the mask is widened into the cached buffer); bitwise, so no slow bool kernel runs.
+    Fast path (contiguous float32 on CPU): bitwise, chunk by chunk through the cached widening
+    buffer (``bits & mask | ~mask & bits(value)``), so no slow bool kernel runs; otherwise one
+    ``masked_fill_``. ``value == 0`` is :func:`zero_pruned_`.
     """
-    if scores.device.type != "cpu" or scores.dtype != torch.float32 or scores.numel() > CHUNK:
-        return scores.masked_fill_(mask == 0, -1.0)
-    bits = scores.view(torch.int32).view(-1)
-    wide = _widen_buffer(scores.device, torch.int32)[: bits.numel()]
-    wide.copy_(mask.reshape(-1))
-    bits.bitwise_and_(wide)  # pruned -> +0
-    bits.bitwise_or_(wide.bitwise_not_().bitwise_and_(_MINUS_ONE_BITS))  # pruned -> -1.0
-    return scores
+    if value == 0:
+        zero_pruned_(t, mask)
+        return t
+    if t.device.type != "cpu" or t.dtype != torch.float32 or not (t.is_contiguous() and mask.is_contiguous()):
+        return t.masked_fill_(mask.to(t.device) == 0, value)
+    value_bits = int(torch.tensor(value, dtype=torch.float32).view(torch.int32))
+    bits, flat = t.view(torch.int32).view(-1), mask.view(-1)
+    buf = _widen_buffer(t.device, torch.int32)
+    for start in range(0, bits.numel(), CHUNK):
+        stop = min(start + CHUNK, bits.numel())
+        wide = buf[: stop - start]
+        wide.copy_(flat[start:stop])
+        bits[start:stop].bitwise_and_(wide)  # pruned -> +0
+        bits[start:stop].bitwise_or_(wide.bitwise_not_().bitwise_and_(value_bits))  # pruned -> value
+    return t
+
+
+def mark_pruned_(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Set the pruned entries of float32 ``scores`` to exactly ``-1.0`` (``PRUNED``) in place; returns ``scores``."""
+    return fill_pruned_(scores, mask, -1.0)
 
 
 @torch.no_grad()
@@ -193,25 +204,9 @@ def floor_second_moments_(optimizers: Iterable[torch.optim.Optimizer], weight: t
         for key in SECOND_MOMENT_KEYS:
             value = state.get(key)
             if isinstance(value, torch.Tensor) and value.shape == weight.shape and value.dtype in (torch.float32, torch.bfloat16, torch.float64):
-                zero_pruned_(value, mask)
-                if value.device.type == "cpu" and value.dtype == torch.float32 and value.is_contiguous():
-                    _add_floor_cpu(value, mask)
-                else:
-                    value.add_(pruned_bool(mask), alpha=SECOND_MOMENT_FLOOR)
+                fill_pruned_(value, mask, SECOND_MOMENT_FLOOR)
                 found = True
     return found
-
-
-def _add_floor_cpu(value: torch.Tensor, mask: torch.Tensor) -> None:
-    """``value[mask == 0] += SECOND_MOMENT_FLOOR`` (the entries are 0), chunk by chunk without a bool kernel."""
-    flat, m = value.view(-1), mask.view(-1)
-    buf = _widen_buffer(value.device, torch.int32).view(torch.float32)
-    for start in range(0, flat.numel(), CHUNK):
-        stop = min(start + CHUNK, flat.numel())
-        bits = buf.view(torch.int32)[: stop - start]
-        bits.copy_(m[start:stop])  # -1 kept, 0 pruned
-        flags = torch.eq(bits, 0, out=buf[: stop - start])  # in place: 1.0 pruned, 0.0 kept
-        flat[start:stop].add_(flags, alpha=SECOND_MOMENT_FLOOR)
 
 
 def second_moment_refresh_period(optimizers: Iterable[torch.optim.Optimizer]) -> int | None:
@@ -220,8 +215,6 @@ def second_moment_refresh_period(optimizers: Iterable[torch.optim.Optimizer]) ->
     Between events the floor decays by ``beta2`` per step (the gradient is 0); refreshing it this
     often keeps it a normal float32 (never a denormal or a zero, both slow in ``sqrt``).
     """
-    import math
-
     betas = [float(group["betas"][1]) for o in optimizers if type(o) in _ADAM_FAMILY for group in o.param_groups]
     if not betas:
         return None

@@ -153,19 +153,11 @@ def select_blocks(
         if blocks == g.blocks:  # every block goes (2:4 at 0.5, say): nothing to search
             return torch.zeros(g.shape, dtype=torch.bool, device=g.device)
         if hint is not None and hint >= 0:
-            keep, below, tied, tie_starts = _keep_above(g, hint)
-            n = blocks - below // size
-            if 0 <= n <= tied:  # count(< hint) <= k_elems <= count(<= hint): hint is the threshold
-                if n < tied:
-                    _keep_ties_after(g, hint, n, keep, tie_starts)
+            keep = _prune_lowest_at(g, hint, blocks, verify=True)
+            if keep is not None:
                 return keep
-            del keep
         t = find_threshold([g], [pattern], lambda c: c[0] >= k_elems, k_elems)
-        keep, below, tied, tie_starts = _keep_above(g, t)
-        n = max(0, min(blocks - below // size, tied))
-        if n < tied:  # only the first n blocks scored exactly t are pruned: keep the others
-            _keep_ties_after(g, t, n, keep, tie_starts)
-        return keep
+        return _prune_lowest_at(g, t, blocks, verify=False)
     # partial edge blocks: blocks differ in size, the closest prefix is decided among the ties
     t = find_threshold([g], [pattern], lambda c: c[0] >= k, k)
     keep, below, ties = _keep_pass(g, t, None)
@@ -198,6 +190,24 @@ def _keep_pass(g: BlockGrid, t: float, max_ties: int | None) -> tuple[torch.Tens
                 held += idx.numel()
     tie_idx = torch.cat(ties) if ties else torch.empty(0, dtype=torch.int64, device=g.device)
     return keep.view(g.shape), int(below), tie_idx
+
+
+def _prune_lowest_at(g: BlockGrid, t: float, blocks: int, *, verify: bool) -> torch.Tensor | None:
+    """The keep grid after pruning the ``blocks`` lowest blocks (uniform sizes), given their threshold ``t``.
+
+    Every block scored below ``t`` is pruned, and of those scored exactly ``t`` the first ones in flat
+    order until ``blocks`` are. ``verify``: return ``None`` unless ``count(< t) <= blocks <=
+    count(<= t)``, i.e. unless ``t`` really is their threshold (a hint); otherwise the tie count is
+    clamped to that range.
+    """
+    keep, below, tied, tie_starts = _keep_above(g, t)
+    n = blocks - below // g.pattern.block_numel
+    if verify and not 0 <= n <= tied:
+        return None
+    n = max(0, min(n, tied))
+    if n < tied:  # only the first n blocks scored exactly t are pruned: keep the others
+        _keep_ties_after(g, t, n, keep, tie_starts)
+    return keep
 
 
 def _keep_above(g: BlockGrid, t: float) -> tuple[torch.Tensor, int, int, list[int]]:
@@ -254,9 +264,9 @@ def find_threshold(
 
     ``c_l`` counts elements. A strided sample of the scores brackets the answer around ``target``
     elements: ``(a, b]``; one pass counts exactly at ``a`` and gathers the few scores inside the
-    bracket, which confirms ``reaches(c(a))`` false and ``reaches(c(b))`` true and is then sorted
-    and searched exactly (a threshold of 0 is found there too when ``a < 0``). When the bracket misses (heavily clamped global budgets), an exact
-    bisection over float32 bit patterns takes over.
+    bracket, which confirms ``reaches(c(a))`` false and ``reaches(c(b))`` true and is then
+    searched exactly (a threshold of 0 is found there too when ``a < 0``). When the bracket misses
+    (heavily clamped global budgets), an exact bisection over float32 bit patterns takes over.
     """
     gs = [as_grid(g, p) for g, p in zip(grids, patterns)]
     totals = [_elements(g) for g in gs]
@@ -293,11 +303,11 @@ def _weighted_sample(grids: Sequence[BlockGrid]) -> tuple[torch.Tensor, torch.Te
     return vals, cum
 
 
-def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float) -> tuple[list[int], list[tuple[torch.Tensor, torch.Tensor]]]:
+def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float) -> tuple[list[int], list["_Bracket"]]:
     """One pass over every grid: element counts ``<= a`` and the scores in ``(a, b]``.
 
-    The scores inside come back per layer as ``(sorted values, cumulative element counts)`` on the
-    host; the bracket holds a few percent of the scores (the sample's slack), so this is small.
+    The scores inside come back per layer as a :class:`_Bracket` on the host; the bracket holds a
+    few percent of the scores (the sample's slack), so this is small.
     """
     a_counts, inside = [], []
     for g in grids:
