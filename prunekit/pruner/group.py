@@ -274,7 +274,9 @@ class PrunerGroup:
 
     # ------------------------------------------------------------------ events
     @torch.no_grad()
-    def _grid(self, layer: Layer, step: int) -> BlockGrid:
+    def _grid(self, layer: Layer, step: int, ordered: bool = True) -> BlockGrid:
+        """The layer's block-score grid; ``ordered=False``: every block goes at this event, so N:M
+        patterns skip the group scores (see :meth:`NMPattern.grid_rows_from`)."""
         pattern = self.patterns[layer.name]
         reduce = self.config.reduce
         mask = self.mask8[layer.name]
@@ -288,13 +290,13 @@ class PrunerGroup:
         if isinstance(pattern, BlockPattern) and pattern.block_numel == 1 and streamable:
             grid: BlockGrid = self._stream_grid(layer, pattern, grad)
         elif self.criterion.accumulates:
-            grid = TensorGrid(pattern.grid(res, mask2d, reduce, owned=False), pattern)
+            grid = TensorGrid(self._pattern_grid(pattern, res, mask2d, owned=False, ordered=ordered), pattern)
         elif streamable:
-            grid = TensorGrid(self._chunked_grid(layer, pattern, grad, mask2d), pattern)
+            grid = TensorGrid(self._chunked_grid(layer, pattern, grad, mask2d, ordered), pattern)
         else:
             score = self.criterion.score(layer.weight, grad)
             res = pattern.resolution(layer.layout.to_2d(score), reduce)
-            grid = TensorGrid(pattern.grid(res, mask2d, reduce, owned=True), pattern)
+            grid = TensorGrid(self._pattern_grid(pattern, res, mask2d, owned=True, ordered=ordered), pattern)
         if not self._finite(layer, grid, grad):
             source = "weights" if not self.criterion.needs_grad else "weights or gradients"
             raise PruningError(
@@ -304,12 +306,22 @@ class PrunerGroup:
             )
         return grid
 
+    def _pattern_grid(self, pattern: BlockPattern | NMPattern, res: torch.Tensor, mask2d: torch.Tensor, owned: bool, ordered: bool) -> torch.Tensor:
+        if isinstance(pattern, NMPattern):
+            return pattern.grid(res, mask2d, self.config.reduce, owned=owned, ordered=ordered)
+        return pattern.grid(res, mask2d, self.config.reduce, owned=owned)
+
     def _finite(self, layer: Layer, grid: BlockGrid, grad: torch.Tensor | None) -> bool:
         """True when every score of ``grid`` is finite (one host read).
 
         A streamed grid is checked on what its scores are computed from (one min/max reduction per
-        tensor, see :meth:`Criterion.inputs`) rather than by computing every score once more.
+        tensor, see :meth:`Criterion.inputs`) rather than by computing every score once more; an
+        N:M grid on the largest element score its pattern saw (a group score reduces only the N
+        lowest, so it misses a non-finite score of a weight that stays).
         """
+        pattern = self.patterns[layer.name]
+        if isinstance(pattern, NMPattern) and pattern.score_peak is not None:
+            return bool(torch.isfinite(pattern.score_peak))
         inputs = None
         if isinstance(grid, StreamGrid):
             inputs = (self.scores[layer.name],) if self.criterion.accumulates else self.criterion.inputs(layer.weight.detach(), grad)
@@ -347,7 +359,9 @@ class PrunerGroup:
         grid.known_pruned = m.numel() - int(torch.count_nonzero(m))  # = the scores marked PRUNED, without a pass
         return grid
 
-    def _chunked_grid(self, layer: Layer, pattern: BlockPattern | NMPattern, grad: torch.Tensor | None, mask2d: torch.Tensor) -> torch.Tensor:
+    def _chunked_grid(
+        self, layer: Layer, pattern: BlockPattern | NMPattern, grad: torch.Tensor | None, mask2d: torch.Tensor, ordered: bool = True
+    ) -> torch.Tensor:
         """The block grid of a non-accumulating criterion, scored in row chunks (chunk-sized temporaries)."""
         reduce = self.config.reduce
         rows, cols = layer.layout.rows, layer.layout.cols
@@ -361,7 +375,7 @@ class PrunerGroup:
             return self.criterion.score(w2[a:b], None if g2 is None else g2[a:b], out=out)
 
         if isinstance(pattern, NMPattern):
-            return pattern.grid_rows_from(scores, mask2d, reduce, per)
+            return pattern.grid_rows_from(scores, mask2d, reduce, per, owned=True, ordered=ordered)
         grid = torch.empty(pattern.grid_rows, pattern.grid_cols, dtype=torch.float32, device=w2.device)
         r = pattern.r
         for a in range(0, rows, per):
@@ -374,16 +388,19 @@ class PrunerGroup:
         cfg = self.config
         if cfg.scope == "local":
             for layer in self.layers:
-                grid = self._grid(layer, step)
                 high = math.floor(cfg.max_sparsity_per_op * layer.numel + 1e-9)
-                self._set_mask(layer, grid, element_budget(ratio, layer.numel), optimizers, sync, high=high)
+                budget = element_budget(ratio, layer.numel)
+                grid = self._grid(layer, step, ordered=min(budget, high) < self._prunable(layer))
+                self._set_mask(layer, grid, budget, optimizers, sync, high=high)
                 del grid
         else:
-            grids = [self._grid(layer, step) for layer in self.layers]
             numels = [layer.numel for layer in self.layers]
             total = element_budget(ratio, sum(numels))
             low = [math.ceil(min(cfg.min_sparsity_per_op, ratio) * n - 1e-9) for n in numels]
             high = [math.floor(cfg.max_sparsity_per_op * n + 1e-9) for n in numels]
+            prunable = [self._prunable(layer) for layer in self.layers]
+            every = total >= sum(prunable) and all(h >= p for h, p in zip(high, prunable))
+            grids = [self._grid(layer, step, ordered=not every) for layer in self.layers]
             budgets, threshold = global_threshold(grids, [self.patterns[l.name] for l in self.layers], total, low, high)
             for layer, grid, budget, lo, hi in zip(self.layers, grids, budgets, low, high):
                 self._set_mask(layer, grid, budget, optimizers, sync, low=lo, high=hi, hint=threshold)
@@ -396,6 +413,13 @@ class PrunerGroup:
         total_numel = sum(m.numel() for m in self.mask8.values())
         self.has_pruned = self.has_pruned or pruned > 0
         return PruningRecord(step, self.name, event.index, event.total, ratio, pruned / total_numel, layer_sparsity)
+
+    def _prunable(self, layer: Layer) -> int:
+        """Elements pruned when every block of the layer goes (N of every M for N:M)."""
+        pattern = self.patterns[layer.name]
+        if isinstance(pattern, NMPattern):
+            return pattern.rows * pattern.groups * pattern.n
+        return layer.numel
 
     def _set_mask(
         self,

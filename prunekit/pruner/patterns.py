@@ -10,6 +10,7 @@ Everything works on the 2-D view ``[O, I]`` of a weight (see :class:`~prunekit.p
 * :class:`NMPattern` (``N:M``): every M consecutive input weights form a group; pruning a group
   removes its N lowest-scored weights (stable order: the lower index first on ties). A group's
   score is the reduction of those N scores. ``I`` (the innermost input size) must be a multiple of M.
+  For M in 2, 4, 8 the N lowest are found by counting ranks in byte fields (no sort).
 
 A *grid* holds one score per block (per group for N:M). Blocks already pruned get the score
 :data:`PRUNED` (-1, below any criterion score), so an event never revives a pruned weight.
@@ -174,11 +175,20 @@ def _block_reduce(sub: torch.Tensor, br: int, bc: int, reduce: Reduce, dest: tor
         dest.div_(br * bc)
 
 
+#: N:M group sizes chosen on byte fields packed in integer words (others sort each group)
+_WORD_GROUP_SIZES = (2, 4, 8)
+#: a rank field starts at this value minus N, so "rank >= N" (the weight stays) is its bit 6
+_FIELD_BASE = 64
+
+
 class NMPattern:
     """``N:M``: N of every M consecutive input weights pruned; see the module docstring.
 
-    :meth:`grid` works in row chunks (chunk-sized sort temporaries) and remembers which N weights
-    of each group are the lowest as ``uint8`` positions (N/M bytes per weight) until :meth:`expand`.
+    :meth:`grid` works in row chunks (chunk-sized temporaries) and remembers, until :meth:`expand`,
+    which weights of each group stay when the group is pruned: for M in 2, 4, 8 as one bit per
+    weight (one byte per group), else as the ``uint8`` positions of the N lowest. It also keeps
+    :attr:`score_peak`, the largest element score it saw (NaN or inf when some score is), because a
+    group score, reduced over the N lowest only, does not carry a non-finite score of a kept weight.
     """
 
     def __init__(self, rows: int, cols: int, n: int, m: int) -> None:
@@ -186,7 +196,9 @@ class NMPattern:
         self.groups = cols // m
         self.uniform = True
         self.block_numel = n
-        self._lowest: torch.Tensor | None = None  # [O, G, n] positions of the N lowest, set by grid()
+        self._stay: torch.Tensor | None = None  # set by grid(), read by expand()
+        #: max element score seen by the last grid() (0-d float32)
+        self.score_peak: torch.Tensor | None = None
 
     def _row_chunks(self) -> range:
         return range(0, self.rows, max(1, _masks.CHUNK // max(self.cols, 1)))
@@ -195,66 +207,60 @@ class NMPattern:
         """Element resolution (the choice of the N weights needs every score)."""
         return scores2d.float().contiguous()
 
-    def grid(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce, owned: bool = False) -> torch.Tensor:
+    def grid(
+        self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce, owned: bool = False, ordered: bool = True
+    ) -> torch.Tensor:
         per = max(1, _masks.CHUNK // max(self.cols, 1))
-        return self.grid_rows_from(lambda a, b: res[a:b], mask2d, reduce, per)
+        return self.grid_rows_from(lambda a, b: res[a:b], mask2d, reduce, per, owned=owned, ordered=ordered)
 
-    def grid_rows_from(self, scores: Callable[[int, int], torch.Tensor], mask2d: torch.Tensor, reduce: Reduce, per: int) -> torch.Tensor:
+    def grid_rows_from(
+        self,
+        scores: Callable[[int, int], torch.Tensor],
+        mask2d: torch.Tensor,
+        reduce: Reduce,
+        per: int,
+        owned: bool = False,
+        ordered: bool = True,
+    ) -> torch.Tensor:
         """The grid from element scores given by ``scores(a, b)`` (rows ``a:b``), ``per`` rows at a time.
 
-        Which N weights of a group are the lowest is remembered until :meth:`expand`: for M <= 8
-        as one bit per weight packed in one byte per group, else as ``uint8`` positions.
+        ``owned``: the tensors ``scores`` returns may be overwritten (scratch buffers).
+        ``ordered=False``: every group is pruned at this event, so only which N weights of each
+        group go matters: unpruned groups score 0 (pruned ones still :data:`PRUNED`).
         """
-        out = torch.empty(self.rows, self.groups, dtype=torch.float32, device=mask2d.device)
-        if self.m <= 8:
-            self._lowest = torch.empty(self.rows, self.groups, dtype=torch.uint8, device=mask2d.device)
+        device = mask2d.device
+        out = torch.empty(self.rows, self.groups, dtype=torch.float32, device=device)
+        if self.m in _WORD_GROUP_SIZES:
+            self._stay = torch.empty(self.rows, self.groups, dtype=torch.uint8, device=device)
         else:
             pos_dtype = torch.uint8 if self.m <= 256 else torch.int64
-            self._lowest = torch.empty(self.rows, self.groups, self.n, dtype=pos_dtype, device=mask2d.device)
+            self._stay = torch.empty(self.rows, self.groups, self.n, dtype=pos_dtype, device=device)
+        peak = torch.zeros((), dtype=torch.float32, device=device)
         for a in range(0, self.rows, per):
             b = min(a + per, self.rows)
-            out[a:b], self._lowest[a:b] = self._grid_rows(scores(a, b), mask2d[a:b], reduce)
+            chunk = scores(a, b).reshape(b - a, self.cols)
+            if not (owned and chunk.dtype == torch.float32 and chunk.is_contiguous()):
+                chunk = chunk.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+            torch.maximum(peak, chunk.amax(), out=peak)
+            mask_rows = mask2d[a:b].contiguous()
+            if self.m in _WORD_GROUP_SIZES:
+                pruned = mask_rows.view(_WORD_DTYPES[self.m]) != -1  # a group holding any pruned weight
+            else:
+                pruned = (mask_rows.view(b - a, self.groups, self.m) == 0).any(dim=-1)
+            any_pruned = bool(pruned.any())
+            if any_pruned:
+                _masks.mark_pruned_(chunk, mask_rows)  # pruned -> PRUNED (-1): always among the lowest
+            groups = chunk.view(b - a, self.groups, self.m)
+            choose = _choose_in_words if self.m in _WORD_GROUP_SIZES else _choose_by_sorting
+            group_scores, self._stay[a:b] = choose(groups, self.n, reduce, ordered)
+            if group_scores is None:
+                out[a:b].zero_()
+            else:
+                out[a:b] = group_scores
+            if any_pruned:
+                out[a:b].masked_fill_(pruned, PRUNED)
+        self.score_peak = peak
         return out
-
-    def _grid_rows(self, res: torch.Tensor, mask2d: torch.Tensor, reduce: Reduce) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = res.shape[0]
-        flat = res.reshape(rows, self.cols).to(torch.float32, copy=True)
-        _masks.mark_pruned_(flat, mask2d.contiguous())  # pruned -> PRUNED (-1)
-        scores = flat.view(rows, self.groups, self.m)
-        if self.m > 8:
-            values, order = torch.sort(scores, dim=-1, stable=True)
-            low, lowest = values[..., : self.n], order[..., : self.n]
-            if reduce == "max":
-                grid = low.amax(dim=-1)
-            else:
-                grid = low.sum(dim=-1) / self.n if reduce == "mean" else low.sum(dim=-1)
-        else:
-            cols = [scores[..., i] for i in range(self.m)]
-            # which N are the lowest, in the stable order (lower index first on ties), without a sort:
-            # rank_i = #{j: s_j < s_i} + #{j < i: s_j == s_i}; bit i of `lowest` set when rank_i < N
-            lowest = torch.zeros(cols[0].shape, dtype=torch.uint8, device=flat.device)
-            for i, si in enumerate(cols):
-                rank = torch.zeros(si.shape, dtype=torch.uint8, device=si.device)
-                for j, sj in enumerate(cols):
-                    if j != i:
-                        rank += (sj <= si) if j < i else (sj < si)
-                lowest |= (rank < self.n).to(torch.uint8) << i
-            # the N lowest values: a sorting network on the M columns (values only; ties are equal)
-            vals = [c.clone() for c in cols]
-            for rnd in range(self.m):
-                for i in range(rnd % 2, self.m - 1, 2):
-                    lo = torch.minimum(vals[i], vals[i + 1])
-                    vals[i + 1] = torch.maximum(vals[i], vals[i + 1])
-                    vals[i] = lo
-            if reduce == "max":
-                grid = vals[self.n - 1]
-            else:
-                grid = vals[0]
-                for v in vals[1 : self.n]:
-                    grid = grid + v
-                if reduce == "mean":
-                    grid = grid / self.n
-        return grid.masked_fill_(vals[0] < 0 if self.m <= 8 else scores.amin(dim=-1) < 0, PRUNED), lowest
 
     def count(self, pred: torch.Tensor) -> torch.Tensor:
         return torch.count_nonzero(pred) * self.n
@@ -263,21 +269,129 @@ class NMPattern:
         return torch.full_like(flat_index, self.n)
 
     def expand(self, keep_grid: torch.Tensor) -> torch.Tensor:
-        if self._lowest is None:
+        if self._stay is None:
             raise PruningError("NMPattern.expand called before grid()")
-        keep = torch.ones(self.rows, self.groups, self.m, dtype=torch.bool, device=keep_grid.device)
+        keep = torch.empty(self.rows, self.cols, dtype=torch.bool, device=keep_grid.device)
         keep_grid = keep_grid.view(self.rows, self.groups)
         step = self._row_chunks().step
         for a in self._row_chunks():
             b = min(a + step, self.rows)
-            lowest, kept = self._lowest[a:b], keep_grid[a:b]
-            if self.m <= 8:  # packed bits: weight i is among the N lowest when bit i is set
-                for i in range(self.m):
-                    keep[a:b, :, i] = kept | ((lowest >> i) & 1 == 0)
+            stay, kept = self._stay[a:b], keep_grid[a:b]
+            if self.m in _WORD_GROUP_SIZES:
+                every = (1 << self.m) - 1  # a kept group keeps all M weights
+                bits = stay | kept.view(torch.uint8) * every
+                _spread_bits(bits, self.m, out=keep[a:b].view(_WORD_DTYPES[self.m]))
             else:
-                keep[a:b].scatter_(-1, lowest.long(), kept.unsqueeze(-1).expand(-1, -1, self.n))
-        self._lowest = None
-        return keep.view(self.rows, self.cols)
+                rows = keep[a:b].view(b - a, self.groups, self.m).fill_(True)
+                rows.scatter_(-1, stay.long(), kept.unsqueeze(-1).expand(-1, -1, self.n))
+        self._stay = None
+        return keep
+
+
+#: the integer word holding one byte per weight of a group of M
+_WORD_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_pair_weights_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+
+def _pair_weights(m: int, word: int, device: torch.device) -> torch.Tensor:
+    """int32 ``[pairs, 1, 1]``: for the pair ``(i, j)``, ``i < j``, of a group, ``2^(8i') - 2^(8j')``,
+    where ``i'``/``j'`` is the byte of ``i``/``j`` in int32 word ``word`` (the term is 0 outside it)."""
+    key = (m, word, device)
+    if key not in _pair_weights_cache:
+        def field(k: int) -> int:
+            return 1 << 8 * (k - 4 * word) if 4 * word <= k < 4 * word + 4 else 0
+
+        values = [field(i) - field(j) for i in range(m - 1) for j in range(i + 1, m)]
+        _pair_weights_cache[key] = torch.tensor(values, dtype=torch.int32, device=device).view(-1, 1, 1)
+    return _pair_weights_cache[key]
+
+
+def _choose_in_words(groups: torch.Tensor, n: int, reduce: Reduce, ordered: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The N lowest of every group of M in 2, 4, 8, in stable order (lower index first on ties).
+
+    ``groups``: float32 ``[r, G, M]``, contiguous. Returns (group scores: the ``reduce`` of the N
+    lowest, float32 ``[r, G]``, or ``None`` unless ``ordered``; ``uint8 [r, G]`` with bit ``j`` set
+    when weight ``j`` is *not* among the N lowest, i.e. stays when the group is pruned).
+
+    The rank of weight j is ``rank_j = #{i < j: s_i <= s_j} + #{i > j: s_i < s_j}``; it is among
+    the N lowest when ``rank_j < N``. For each pair ``i < j`` the sign bit of ``s_j - s_i`` says
+    whether j ranks below i (``s_j - s_i`` is negative exactly when ``s_j < s_i``: equal finite
+    floats subtract to +0). The ranks of a group are summed as byte fields of int32 words (four
+    weights per word): field ``j`` starts at ``64 - N + j`` (``j`` = the earlier weights, counted as
+    ranking below j until a pair says otherwise), so it ends at ``64 - N + rank_j``, in [56, 70], and
+    weight j stays exactly when bit 6 of its field is set. Every
+    step is a whole-tensor integer or float operation: no sort, no bool tensors.
+    """
+    r, g, m = groups.shape
+    diff = torch.empty(m * (m - 1) // 2, r, g, dtype=torch.float32, device=groups.device)
+    p = 0
+    for i in range(m - 1):  # pairs (i, i+1..m-1) in one op, written pair-major
+        k = m - 1 - i
+        torch.sub(groups[..., i + 1 :], groups[..., i : i + 1], out=diff[p : p + k].permute(1, 2, 0))
+        p += k
+    below = diff.view(torch.int32).bitwise_right_shift_(31)  # -1 where s_j < s_i, else 0
+    words = []
+    last = max(1, m // 4) - 1
+    for w in range(last + 1):
+        weights = _pair_weights(m, w, groups.device)
+        terms = below.bitwise_and_(weights) if w == last else below & weights
+        field = torch.sum(terms, dim=0, dtype=torch.int32)
+        field.add_(sum((_FIELD_BASE - n + j) << 8 * (j - 4 * w) for j in range(4 * w, min(m, 4 * w + 4))))
+        words.append(field.bitwise_right_shift_(6).bitwise_and_(0x01010101))  # byte j: 1 when weight j stays
+    stay_bits = torch.zeros(r, g, dtype=torch.int32, device=groups.device)
+    for w, word in enumerate(words):  # bytes 0/1 -> bits 0..3 of the word
+        packed = word | word >> 7
+        stay_bits |= ((packed | packed >> 14) & 0xF) << 4 * w
+    stay_bits = stay_bits.to(torch.uint8)
+    if not ordered:
+        return None, stay_bits
+    if m == 2:
+        stay_bytes = words[0].to(torch.int16)
+    else:
+        stay_bytes = words[0] if m == 4 else torch.stack(words, dim=-1)
+    lowest = groups * stay_bytes.view(torch.int8).view(r, g, m).neg_().add_(1)  # the N lowest, others 0
+    if reduce == "max":  # scores are >= 0 (groups holding PRUNED scores are marked by the caller)
+        grid = torch.nn.functional.max_pool1d(lowest.view(1, 1, -1), m, m).view(r, g)
+    else:
+        grid = lowest.view(-1, m).mv(torch.ones(m, dtype=torch.float32, device=groups.device)).view(r, g)
+        if reduce == "mean":
+            grid.div_(n)
+    return grid, stay_bits
+
+
+def _choose_by_sorting(groups: torch.Tensor, n: int, reduce: Reduce, ordered: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """:func:`_choose_in_words` for any M: a stable sort of each group; returns the positions of the N lowest."""
+    values, order = torch.sort(groups, dim=-1, stable=True)
+    if not ordered:
+        return None, order[..., :n]
+    low = values[..., :n]
+    if reduce == "max":
+        grid = low.amax(dim=-1)
+    else:
+        grid = low.sum(dim=-1) / n if reduce == "mean" else low.sum(dim=-1)
+    return grid, order[..., :n]
+
+
+#: per M: (shift, mask) steps that move bit k of a group's byte to bit 8k (see _spread_bits)
+_SPREAD_STEPS = {
+    2: ((7, 0x0101),),
+    4: ((14, 0x00030003), (7, 0x01010101)),
+    8: ((28, 0x0000000F0000000F), (14, 0x0003000300030003), (7, 0x0101010101010101)),
+}
+
+
+def _spread_bits(bits: torch.Tensor, m: int, out: torch.Tensor) -> torch.Tensor:
+    """``uint8`` bits ``0..m-1`` -> byte ``k`` of the integer word ``out`` is bit ``k`` (0 or 1); M in 2, 4, 8.
+
+    Each step ``x = (x | x << shift) & mask`` moves the upper half of every bit run up by
+    ``shift`` (28, 14, 7: half of what bit k still has to travel to bit 8k) and clears the copies
+    left behind; no two bits ever land on the same position.
+    """
+    x = bits.to(out.dtype)
+    *steps, (shift, mask) = _SPREAD_STEPS[m]
+    for s, mk in steps:
+        x = (x | x << s).bitwise_and_(mk)
+    return torch.bitwise_and(x.bitwise_or_(x << shift), mask, out=out)
 
 
 def make_pattern(spec: PatternSpec, layout: Layout, *, where: str) -> BlockPattern | NMPattern:

@@ -76,14 +76,16 @@ def test_frozen_weights_magnitude_only() -> None:
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "snip"])
-def test_non_finite_weights_or_gradients(criterion: str) -> None:
+@pytest.mark.parametrize("pattern", ["1x1", "4x1", "2:4", "4:8", "3:6"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_or_gradients(criterion: str, pattern: str, bad: float) -> None:
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    prepare_pruning(model, cfg(criterion=criterion), opt)
+    prepare_pruning(model, cfg(criterion=criterion, pattern=pattern, op_names=["^2$"]), opt)  # 24 inputs
     opt.zero_grad()
     backward(model)
-    with torch.no_grad():
-        model[2].weight[0, 0] = float("nan")
+    with torch.no_grad():  # an inf weight is the largest of its N:M group: it stays, its group score stays finite
+        model[2].weight[0, 0] = bad
     with pytest.raises(PruningError, match=r"layer '2'.*not finite"):
         opt.step()
 

@@ -205,3 +205,44 @@ def test_block_scores_equal_each_blocks_reduction_partial_edges_included(reduce:
                     block = scores[i * pattern.r : (i + 1) * pattern.r, j * pattern.c : (j + 1) * pattern.c]
                     want = {"mean": block.mean(), "sum": block.sum(), "max": block.max()}[reduce]
                     assert torch.allclose(got[i, j], want, rtol=1e-6, atol=1e-7), (rows, cols, r, c, i, j)
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+@pytest.mark.parametrize("nm", ["2:4", "1:4", "4:8", "1:2", "2:6"])
+def test_nm_prunes_the_n_smallest_of_every_group(scope: str, nm: str) -> None:
+    n, m = map(int, nm.split(":"))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 24), nn.ReLU(), nn.Linear(24, 12))
+    with torch.no_grad():
+        model[0].weight[:, :12] = 0.5  # ties: the lower index goes first
+        model[2].weight[3, 5] = -model[2].weight[3, 4]
+    before = {"0": model[0].weight.detach().clone(), "2": model[2].weight.detach().clone()}
+    session = prune_once(model, oneshot(nm, n / m, scope=scope), torch.randn(4, 48))
+    for name, w in before.items():
+        order = torch.sort(w.abs().view(w.shape[0], -1, m), dim=-1, stable=True).indices
+        expected = torch.ones(w.shape[0], w.shape[1] // m, m, dtype=torch.bool).scatter_(-1, order[..., :n], False)
+        assert torch.equal(session.masks[name], expected.view_as(w)), (name, nm, scope)
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_iterative_nm_keeps_pruned_groups_and_takes_the_lowest_next(scope: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 8))
+    cfg = oneshot("2:4", 0.5, scope=scope, scheduler={"type": "iterative", "start_step": 0, "end_step": 2, "frequency": 1})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    session = prepare_pruning(model, cfg, opt)
+    x = torch.randn(4, 32)
+    masks = []
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+        masks.append(session.masks)
+    ratios = [r.target for r in session.history]
+    assert ratios[0] < ratios[-1] == 0.5
+    for first, last in zip(masks[0].values(), masks[-1].values()):
+        assert not (last & ~first).any()  # nothing pruned comes back
+        per_group = (~last).view(last.shape[0], -1, 4).sum(-1)
+        assert (per_group == 2).all()
+        partial = (~first).view(first.shape[0], -1, 4).sum(-1)
+        assert set(partial.unique().tolist()) <= {0, 2}

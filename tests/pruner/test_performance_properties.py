@@ -173,11 +173,14 @@ def test_zero_pruned_is_exact_for_nan_and_inf(monkeypatch, dtype: torch.dtype) -
 
 def test_nm_rank_selection_matches_stable_sort() -> None:
     g = torch.Generator().manual_seed(0)
-    for n, m in [(2, 4), (1, 4), (3, 8), (2, 8)]:
+    for n, m in [(2, 4), (1, 4), (3, 4), (4, 4), (1, 2), (3, 8), (2, 8), (7, 8), (2, 3), (3, 6), (5, 16)]:
         rows, cols = 6, 4 * m
         scores = (torch.randint(0, 4, (rows, cols), generator=g).float())  # many ties
+        scores[1] = torch.rand(cols, generator=g) * 1e-38  # subnormal differences still order exactly
+        scores[3] = torch.randn(cols, generator=g).abs() * 1e30
         mask = torch.full((rows, cols), -1, dtype=torch.int8)
         mask[0, :m] = 0  # one pruned group
+        mask[2, m + 1] = 0  # one pruned weight in another
         for reduce in ("mean", "sum", "max"):
             p = NMPattern(rows, cols, n, m)
             grid = p.grid(scores, mask, reduce)
@@ -192,6 +195,10 @@ def test_nm_rank_selection_matches_stable_sort() -> None:
             ref_keep = torch.ones(rows, cols // m, m, dtype=torch.bool)
             ref_keep.scatter_(-1, order[..., :n], False)
             assert torch.equal(keep, ref_keep), (n, m)
+            p.grid(scores, mask, reduce)
+            kept_groups = torch.rand(rows, cols // m, generator=g) < 0.5
+            keep = p.expand(kept_groups).view(rows, -1, m)
+            assert torch.equal(keep, ref_keep | kept_groups[..., None]), (n, m)
 
 
 @pytest.mark.cuda
