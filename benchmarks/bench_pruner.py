@@ -9,10 +9,14 @@ On a 50M-parameter MLP (3 x Linear(4096, 4096), batch 32, CPU by default):
    are interleaved round by round; the median step of every round is shown;
 2. one mask update at sparsity 0.9 (2:4 at 0.5, its maximum): prunekit's event (1x1 local, 1x1
    global, 4x1, 2:4) against ``WeightNormSparsifier.step()`` with the equivalent block settings
-   and ``prune.global_unstructured``: time and peak extra memory (process RSS high-water mark
-   above the RSS before the update; glibc is told to mmap every block >= 64 KiB so freed memory
-   leaves the RSS);
+   and ``prune.global_unstructured``: time and peak extra memory;
 3. scale: prunekit's 1x1 local and global mask update at 10M, 50M and 200M parameters.
+
+Times and memory come from separate runs: every section is first timed with the process's
+normal allocator; then glibc is told to mmap every block >= 64 KiB (so freed memory leaves the
+RSS) and each update runs once more for its peak extra memory (process RSS high-water mark above
+the RSS before the update; on CUDA, ``torch.cuda.max_memory_allocated``). Timing under that
+allocator setting would charge every temporary a fresh mmap and page faults.
 
 Run: ``python benchmarks/bench_pruner.py [--steps 4] [--rounds 3] [--threads 1] [--device cpu]``.
 ``--threads`` defaults to 1: on a shared 2-core machine two threads per op make timings
@@ -43,11 +47,25 @@ WIDTH, DEPTH, BATCH = 4096, 3, 32
 SCALES = {"10M": 1824, "50M": 4096, "200M": 8192}
 
 
-def _fix_malloc() -> None:
+def _libc() -> ctypes.CDLL | None:
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: big blocks go back to the OS on free
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _fix_malloc() -> None:
+    """Make freed memory leave the RSS: big blocks are mmapped (and unmapped on free)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD = 64 KiB
+
+
+def _trim_heap() -> None:
+    """Return free heap pages to the OS, so reusing them shows in the RSS again (glibc ``malloc_trim``)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _rss_kib(field: str) -> int | None:
@@ -61,31 +79,42 @@ def _rss_kib(field: str) -> int | None:
     return None
 
 
-def peak_extra_mib(fn: Callable[[], object], device: str) -> tuple[float, float | None]:
-    """(seconds, peak extra MiB) of ``fn()``."""
+def seconds(fn: Callable[[], object], device: str) -> float:
+    """Wall time of ``fn()`` (synchronised on CUDA)."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def peak_extra_mib(fn: Callable[[], object], device: str) -> float | None:
+    """Peak extra MiB of ``fn()``: CUDA allocator peak, or RSS high-water mark (after :func:`_fix_malloc`)."""
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        t0 = time.perf_counter()
         fn()
         torch.cuda.synchronize()
-        return time.perf_counter() - t0, (torch.cuda.max_memory_allocated() - base) / 2**20
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    _trim_heap()  # free chunks kept from earlier (timing) runs would otherwise be reused unseen
     before = _rss_kib("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")  # reset the RSS high-water mark
     except OSError:
-        before = None
-    t0 = time.perf_counter()
+        return None
     fn()
-    elapsed = time.perf_counter() - t0
     peak = _rss_kib("VmHWM")
-    return elapsed, (peak - before) / 1024 if before is not None and peak is not None else None
+    return (peak - before) / 1024 if before is not None and peak is not None else None
 
 
-def build(device: str, width: int = WIDTH) -> nn.Sequential:
+def build(device: str, width: int | None = None) -> nn.Sequential:
+    width = WIDTH if width is None else width
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     for i in range(DEPTH):
@@ -212,18 +241,6 @@ def bench_steps(steps: int, rounds: int, device: str) -> list[tuple[str, float, 
     return [(name, statistics.median(times[name]), statistics.median(ratios[name])) for name, _ in built]
 
 
-def _measure(fn_factory: Callable[[], Callable[[], object]], device: str, repeats: int) -> tuple[float, float | None]:
-    """Median time and median peak extra memory of ``fn_factory()()`` over ``repeats`` runs."""
-    results = []
-    for _ in range(repeats):
-        fn = fn_factory()
-        results.append(peak_extra_mib(fn, device))
-        del fn
-    t = statistics.median(r[0] for r in results)
-    mems = [r[1] for r in results if r[1] is not None]
-    return t, (statistics.median(mems) if mems else None)
-
-
 def _prunekit_update(model: nn.Module, saved: dict, pattern: str, target: float, scope: str) -> Callable[[], object]:
     model.load_state_dict(saved)
     session = Pruning(model, oneshot_cfg(pattern, target, scope))
@@ -235,15 +252,21 @@ def _prunekit_update(model: nn.Module, saved: dict, pattern: str, target: float,
     return run
 
 
-def bench_updates(device: str, repeats: int) -> list[tuple[str, float, float | None, str, float, float | None]]:
-    """Rows ``(prunekit case, s, MiB, peer, s, MiB)``; runs alternate prunekit / peer."""
+Factory = Callable[[], Callable[[], object]]
+
+
+def _update_cases(device: str) -> list[tuple[str, Factory, str, Factory]]:
+    """``(prunekit case, factory, peer name, factory)``: a factory resets the weights and returns the update to run."""
     from torch.ao.pruning import WeightNormSparsifier
     from torch.nn.utils import prune
 
     model = build(device)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
 
-    def wns(level: float, block: tuple[int, int], zeros: int) -> Callable[[], Callable[[], object]]:
+    def mine(pattern: str, target: float, scope: str) -> Factory:
+        return lambda: _prunekit_update(model, saved, pattern, target, scope)
+
+    def wns(level: float, block: tuple[int, int], zeros: int) -> Factory:
         def factory() -> Callable[[], object]:
             model.load_state_dict(saved)
             sp = WeightNormSparsifier(sparsity_level=level, sparse_block_shape=block, zeros_per_block=zeros)
@@ -261,37 +284,51 @@ def bench_updates(device: str, repeats: int) -> list[tuple[str, float, float | N
         params = [(fresh.get_submodule(n), "weight") for n in linear_names(fresh)]
         return lambda: prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.9)
 
-    cases = [
-        ("1x1 local", "1x1", 0.9, "local", "WeightNormSparsifier (1,1) 0.9", wns(0.9, (1, 1), 1)),
-        ("1x1 global", "1x1", 0.9, "global", "prune.global_unstructured 0.9", global_unstructured),
-        ("4x1 local", "4x1", 0.9, "local", "WeightNormSparsifier (4,1) 0.9", wns(0.9, (4, 1), 4)),
-        ("2:4 local (0.5)", "2:4", 0.5, "local", "WeightNormSparsifier 2:4 (1,4)/2", wns(1.0, (1, 4), 2)),
+    return [
+        ("1x1 local", mine("1x1", 0.9, "local"), "WeightNormSparsifier (1,1) 0.9", wns(0.9, (1, 1), 1)),
+        ("1x1 global", mine("1x1", 0.9, "global"), "prune.global_unstructured 0.9", global_unstructured),
+        ("4x1 local", mine("4x1", 0.9, "local"), "WeightNormSparsifier (4,1) 0.9", wns(0.9, (4, 1), 4)),
+        ("2:4 local (0.5)", mine("2:4", 0.5, "local"), "WeightNormSparsifier 2:4 (1,4)/2", wns(1.0, (1, 4), 2)),
     ]
+
+
+def _run(factory: Factory, measure: Callable[[Callable[[], object], str], float | None], device: str) -> float | None:
+    run = factory()
+    value = measure(run, device)
+    getattr(run, "cleanup", lambda: None)()
+    return value  # the next measurement collects the garbage first
+
+
+def _median(values: list[float | None]) -> float | None:
+    return statistics.median(values) if values and all(v is not None for v in values) else None  # type: ignore[type-var]
+
+
+def bench_updates(device: str, repeats: int, memory: bool) -> list[tuple[str, float | None, str, float | None]]:
+    """Rows ``(prunekit case, value, peer, value)``: seconds (median of ``repeats``, prunekit and peer
+    interleaved) or, with ``memory``, peak extra MiB of one run each."""
+    measure = peak_extra_mib if memory else seconds
     rows = []
-    for label, pattern, target, scope, peer_name, peer in cases:
-        mine, theirs = [], []
-        for _ in range(repeats):  # interleaved
-            mine.append(peak_extra_mib(_prunekit_update(model, saved, pattern, target, scope), device))
-            run = peer()
-            theirs.append(peak_extra_mib(run, device))
-            getattr(run, "cleanup", lambda: None)()
-            del run
-            gc.collect()
-        med = lambda rs, i: statistics.median(r[i] for r in rs) if all(r[i] is not None for r in rs) else None  # noqa: E731
-        rows.append((label, med(mine, 0), med(mine, 1), peer_name, med(theirs, 0), med(theirs, 1)))
+    for label, mine, peer_name, peer in _update_cases(device):
+        ours, theirs = [], []
+        for _ in range(1 if memory else repeats):
+            ours.append(_run(mine, measure, device))
+            theirs.append(_run(peer, measure, device))
+        rows.append((label, _median(ours), peer_name, _median(theirs)))
     return rows
 
 
-def bench_scale(device: str, repeats: int) -> list[tuple[str, int, float, float | None]]:
+def bench_scale(device: str, repeats: int, memory: bool) -> list[tuple[str, int, float | None]]:
+    """Rows ``(case, parameters, seconds or peak extra MiB)`` of prunekit's 1x1 update at every scale."""
+    measure = peak_extra_mib if memory else seconds
     rows = []
     for label, width in SCALES.items():
         model = build(device, width)
         saved = {k: v.clone() for k, v in model.state_dict().items()}
         n = DEPTH * width * width
         for scope in ("local", "global"):
-            runs = [peak_extra_mib(_prunekit_update(model, saved, "1x1", 0.9, scope), device) for _ in range(repeats)]
-            rows.append((f"{label} 1x1 {scope}", n, statistics.median(r[0] for r in runs),
-                         statistics.median(r[1] for r in runs) if all(r[1] is not None for r in runs) else None))
+            values = [_run(lambda: _prunekit_update(model, saved, "1x1", 0.9, scope), measure, device)
+                      for _ in range(1 if memory else repeats)]
+            rows.append((f"{label} 1x1 {scope}", n, _median(values)))
         del model, saved
         gc.collect()
     return rows
@@ -308,7 +345,6 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
-    _fix_malloc()
     print_machine(args.device)
     pruned_mib = DEPTH * WIDTH * WIDTH * 4 / 2**20
     print(f"\nmodel: {DEPTH} x Linear({WIDTH}, {WIDTH}), batch {BATCH}; pruned weights {pruned_mib:.0f} MiB\n")
@@ -318,21 +354,31 @@ def main() -> None:
         print(f"{'training step (median of %d rounds)' % args.rounds:<52} {'ms':>9} {'vs dense':>9}")
         for name, t, ratio in steps:
             print(f"{name:<52} {t * 1e3:>9.1f} {(ratio - 1) * 100:>+8.1f}%")
+        sys.stdout.flush()
 
-    if "updates" not in skip:
-        updates = bench_updates(args.device, args.repeats)
+    # every timing first, with the normal allocator; then the memory runs (see the module docstring)
+    update_times = bench_updates(args.device, args.repeats, memory=False) if "updates" not in skip else []
+    scale_times = bench_scale(args.device, 2, memory=False) if "scale" not in skip else []
+    _fix_malloc()
+    update_mem = bench_updates(args.device, 1, memory=True) if "updates" not in skip else []
+    scale_mem = bench_scale(args.device, 1, memory=True) if "scale" not in skip else []
+
+    def frac(mib: float | None, nbytes: float) -> str:
+        return f"{mib * 2**20 / nbytes:>8.2f}" if mib is not None else f"{'n/a':>8}"
+
+    if update_times:
         print(f"\n{'mask update (median of %d)' % args.repeats:<18} {'prunekit ms':>11} {'/pruned':>8} "
               f"{'peer':<34} {'peer ms':>9} {'/pruned':>8} {'speed-up':>8}")
-        for label, t, mib, peer, pt, pmib in updates:
-            frac = f"{mib / pruned_mib:>8.2f}" if mib is not None else f"{'n/a':>8}"
-            pfrac = f"{pmib / pruned_mib:>8.2f}" if pmib is not None else f"{'n/a':>8}"
-            print(f"{label:<18} {t * 1e3:>11.1f} {frac} {peer:<34} {pt * 1e3:>9.1f} {pfrac} {pt / t:>7.1f}x")
+        for (label, t, peer, pt), (_, mib, _, pmib) in zip(update_times, update_mem):
+            nbytes = pruned_mib * 2**20
+            print(f"{label:<18} {t * 1e3:>11.1f} {frac(mib, nbytes)} {peer:<34} {pt * 1e3:>9.1f} "
+                  f"{frac(pmib, nbytes)} {pt / t:>7.1f}x")
+        print("(/pruned: peak extra memory of the update, in units of the pruned weights' bytes; one run each)")
 
-    if "scale" not in skip:
+    if scale_times:
         print(f"\n{'scale (1x1 at 0.9, median of 2)':<24} {'params':>12} {'ms':>9} {'ns/param':>9} {'/pruned':>8}")
-        for label, n, t, mib in bench_scale(args.device, 2):
-            frac = f"{mib * 2**20 / (4 * n):>8.2f}" if mib is not None else f"{'n/a':>8}"
-            print(f"{label:<24} {n:>12,} {t * 1e3:>9.1f} {t / n * 1e9:>9.2f} {frac}")
+        for (label, n, t), (_, _, mib) in zip(scale_times, scale_mem):
+            print(f"{label:<24} {n:>12,} {t * 1e3:>9.1f} {t / n * 1e9:>9.2f} {frac(mib, 4 * n)}")
 
 
 if __name__ == "__main__":

@@ -124,8 +124,9 @@ def main() -> None:
     print_machine(DEV)
     bandwidth()
     step_overhead()
+    times, memory = bench_updates(DEV, 3, memory=False), bench_updates(DEV, 1, memory=True)
     print(f"\n{'mask update (median of 3)':<18} {'prunekit ms':>11} {'MiB':>8} {'peer':<34} {'peer ms':>9} {'MiB':>8}")
-    for label, t, mib, peer, pt, pmib in bench_updates(DEV, 3):
+    for (label, t, peer, pt), (_, mib, _, pmib) in zip(times, memory):
         print(f"{label:<18} {t * 1e3:>11.1f} {mib or 0:>8.0f} {peer:<34} {pt * 1e3:>9.1f} {pmib or 0:>8.0f}  {pt / t:.1f}x")
     export_speedup()
 

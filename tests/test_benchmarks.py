@@ -1,0 +1,39 @@
+"""The benchmark scripts run end to end (tiny sizes, in a child process: they tune the allocator)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from repo_paths import ROOT
+
+SMALL_PRUNER_RUN = """
+import sys
+sys.path.insert(0, {bench!r})
+import bench_pruner as bench
+bench.WIDTH, bench.BATCH = 64, 4
+bench.SCALES = {{"tiny": 32, "small": 64}}
+sys.argv = ["bench_pruner.py", "--steps", "1", "--rounds", "1", "--repeats", "1"]
+bench.main()
+"""
+
+
+def _run(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_pruner_benchmark_prints_every_table() -> None:
+    out = _run(SMALL_PRUNER_RUN.format(bench=str(ROOT / "benchmarks")))
+    assert "torch" in out and "cores" in out.lower()  # the machine line
+    for row in ("SGD dense", "AdamW prunekit snip_momentum 4x1 (in window)", "SGD torch.nn.utils.prune",
+                "1x1 global", "prune.global_unstructured 0.9", "2:4 local (0.5)", "small 1x1 global"):
+        assert row in out, row
+    update_rows = [line for line in out.splitlines() if line.startswith(("1x1 ", "4x1 ", "2:4 "))]
+    assert len(update_rows) == 4 and all(line.rstrip().endswith("x") for line in update_rows)
+
+
+def test_gpu_benchmark_runs_or_says_why_not() -> None:
+    out = _run(f"import runpy; runpy.run_path({str(ROOT / 'benchmarks' / 'bench_pruner_gpu.py')!r}, run_name='__main__')")
+    assert "CUDA is not available" in out or "mask application" in out
