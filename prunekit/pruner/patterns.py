@@ -147,10 +147,12 @@ def _block_reduce(sub: torch.Tensor, br: int, bc: int, reduce: Reduce, dest: tor
     """
     nr, nc = dest.shape
     rows = sub.float()
+    divided = False
     if br > 1:
         stacked = rows.reshape(nr, br, nc * bc)
         reduced = torch.empty(nr, nc * bc, dtype=torch.float32, device=sub.device) if bc > 1 else dest
-        reducer = torch.amax if reduce == "max" else torch.sum
+        divided = reduce == "mean" and bc == 1  # the mean kernel divides in the same pass
+        reducer = torch.amax if reduce == "max" else torch.mean if divided else torch.sum
         if reduced.is_contiguous():
             reducer(stacked, dim=1, out=reduced)
         else:  # a column slice of the grid (layers with a partial edge column)
@@ -171,7 +173,7 @@ def _block_reduce(sub: torch.Tensor, br: int, bc: int, reduce: Reduce, dest: tor
             dest.copy_(cols.sum(dim=-1))
     elif br == 1:
         dest.copy_(rows)
-    if reduce == "mean":
+    if reduce == "mean" and not divided:
         dest.div_(br * bc)
 
 
