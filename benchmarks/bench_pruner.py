@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import gc
 import statistics
 import sys
@@ -326,7 +327,7 @@ def bench_scale(device: str, repeats: int, memory: bool) -> list[tuple[str, int,
         saved = {k: v.clone() for k, v in model.state_dict().items()}
         n = DEPTH * width * width
         for scope in ("local", "global"):
-            values = [_run(lambda: _prunekit_update(model, saved, "1x1", 0.9, scope), measure, device)
+            values = [_run(functools.partial(_prunekit_update, model, saved, "1x1", 0.9, scope), measure, device)
                       for _ in range(1 if memory else repeats)]
             rows.append((f"{label} 1x1 {scope}", n, _median(values)))
         del model, saved
