@@ -12,11 +12,13 @@ On a 50M-parameter MLP (3 x Linear(4096, 4096), batch 32, CPU by default):
    and ``prune.global_unstructured``: time and peak extra memory;
 3. scale: prunekit's 1x1 local and global mask update at 10M, 50M and 200M parameters.
 
-Times and memory come from separate runs: every section is first timed with the process's
-normal allocator; then glibc is told to mmap every block >= 64 KiB (so freed memory leaves the
-RSS) and each update runs once more for its peak extra memory (process RSS high-water mark above
-the RSS before the update; on CUDA, ``torch.cuda.max_memory_allocated``). Timing under that
-allocator setting would charge every temporary a fresh mmap and page faults.
+Times and memory come from separate runs. Every case is timed in this process with the normal
+allocator, prunekit and its peer alternating. Peak extra memory is measured in one child process
+(``--memory-child``) that tells glibc, before anything is allocated, to mmap every block >= 64 KiB
+(so freed memory leaves the RSS at once): the RSS high-water mark above the RSS before the update,
+one run per case (on CUDA, ``torch.cuda.max_memory_allocated`` in this process). Timing under
+that allocator setting would charge every temporary a fresh mmap, and measuring memory after the
+timing runs would let the update reuse their freed heap unseen.
 
 Run: ``python benchmarks/bench_pruner.py [--steps 4] [--rounds 3] [--threads 1] [--device cpu]``.
 ``--threads`` defaults to 1: on a shared 2-core machine two threads per op make timings
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
+import subprocess
 import functools
 import gc
 import statistics
@@ -62,13 +66,6 @@ def _fix_malloc() -> None:
         libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD = 64 KiB
 
 
-def _trim_heap() -> None:
-    """Return free heap pages to the OS, so reusing them shows in the RSS again (glibc ``malloc_trim``)."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
-
-
 def _rss_kib(field: str) -> int | None:
     try:
         with open("/proc/self/status") as fh:
@@ -102,7 +99,6 @@ def peak_extra_mib(fn: Callable[[], object], device: str) -> float | None:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    _trim_heap()  # free chunks kept from earlier (timing) runs would otherwise be reused unseen
     before = _rss_kib("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as fh:
@@ -335,6 +331,21 @@ def bench_scale(device: str, repeats: int, memory: bool) -> list[tuple[str, int,
     return rows
 
 
+def _memory_runs(args: argparse.Namespace, skip: set[str]) -> tuple[list, list]:
+    """The memory rows of :func:`bench_updates` and :func:`bench_scale`, from a ``--memory-child`` process."""
+    if {"updates", "scale"} <= skip:
+        return [], []
+    if args.device.startswith("cuda"):  # the CUDA allocator's own statistics: no child needed
+        return (bench_updates(args.device, 1, memory=True) if "updates" not in skip else [],
+                bench_scale(args.device, 1, memory=True) if "scale" not in skip else [])
+    code = (f"import sys; sys.argv = {[__file__, '--memory-child', '--threads', str(args.threads), '--device', args.device, '--skip', ','.join(skip)]!r}; "
+            f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import bench_pruner as b; "
+            f"b.WIDTH, b.BATCH, b.SCALES = {WIDTH!r}, {BATCH!r}, {SCALES!r}; b.main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return [tuple(r) for r in result["updates"]], [tuple(r) for r in result["scale"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="timed training steps per variant and round")
@@ -343,9 +354,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (benchmark only)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: steps,updates,scale")
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
+    if args.memory_child:
+        _fix_malloc()
+        print(json.dumps({
+            "updates": bench_updates(args.device, 1, memory=True) if "updates" not in skip else [],
+            "scale": bench_scale(args.device, 1, memory=True) if "scale" not in skip else [],
+        }))
+        return
     print_machine(args.device)
     pruned_mib = DEPTH * WIDTH * WIDTH * 4 / 2**20
     print(f"\nmodel: {DEPTH} x Linear({WIDTH}, {WIDTH}), batch {BATCH}; pruned weights {pruned_mib:.0f} MiB\n")
@@ -357,12 +376,10 @@ def main() -> None:
             print(f"{name:<52} {t * 1e3:>9.1f} {(ratio - 1) * 100:>+8.1f}%")
         sys.stdout.flush()
 
-    # every timing first, with the normal allocator; then the memory runs (see the module docstring)
+    # times here with the normal allocator; memory in a child process (see the module docstring)
     update_times = bench_updates(args.device, args.repeats, memory=False) if "updates" not in skip else []
     scale_times = bench_scale(args.device, 2, memory=False) if "scale" not in skip else []
-    _fix_malloc()
-    update_mem = bench_updates(args.device, 1, memory=True) if "updates" not in skip else []
-    scale_mem = bench_scale(args.device, 1, memory=True) if "scale" not in skip else []
+    update_mem, scale_mem = _memory_runs(args, skip)
 
     def frac(mib: float | None, nbytes: float) -> str:
         return f"{mib * 2**20 / nbytes:>8.2f}" if mib is not None else f"{'n/a':>8}"
