@@ -307,6 +307,7 @@ class PrunerGroup:
         return grid
 
     def _pattern_grid(self, pattern: BlockPattern | NMPattern, res: torch.Tensor, mask2d: torch.Tensor, owned: bool, ordered: bool) -> torch.Tensor:
+        """``pattern.grid`` of the resolution scores ``res`` (``ordered`` only matters to N:M)."""
         if isinstance(pattern, NMPattern):
             return pattern.grid(res, mask2d, self.config.reduce, owned=owned, ordered=ordered)
         return pattern.grid(res, mask2d, self.config.reduce, owned=owned)
