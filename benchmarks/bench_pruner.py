@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
-import subprocess
 import functools
 import gc
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
