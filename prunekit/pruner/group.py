@@ -260,14 +260,26 @@ class PrunerGroup:
             r = _row_block(pattern)
             if blocks:
                 reduced = self._scratch(layer.weight.device, -(-min(per, rows) // r) * pattern.grid_cols, "blocks")
+                chunk_patterns: dict[int, BlockPattern] = {}
+            # this loop runs every step: the gradient masking goes straight to the widening AND when it can
+            int_dtype = _masks.INT_OF_SIZE.get(grad.element_size())
+            fast_mask = mask_grads and grad.device.type == "cpu" and grad.is_floating_point() and int_dtype is not None and per * cols <= _masks.CHUNK
+            if fast_mask:
+                g_bits, m_flat = grad.view(int_dtype).view(-1), mask.view(-1)
+                widened = _masks.widen_buffer(grad.device, int_dtype)
             for a in range(0, rows, per):
                 b = min(a + per, rows)
-                if mask_grads:
+                if fast_mask:
+                    _masks.and_widened_(g_bits[a * cols : b * cols], m_flat[a * cols : b * cols], widened)
+                elif mask_grads:
                     zero_pruned_(g2[a:b], m2[a:b])
                 s = self.criterion.score(w2[a:b], g2[a:b], out=scratch[: (b - a) * cols].view(b - a, cols))
                 if blocks:
                     target = acc[a // r : -(-b // r)]
-                    res = BlockPattern(b - a, cols, pattern.r, pattern.c).resolution(s, reduce, out=reduced[: target.numel()].view(target.shape))
+                    chunk = chunk_patterns.get(b - a)
+                    if chunk is None:
+                        chunk = chunk_patterns[b - a] = BlockPattern(b - a, cols, pattern.r, pattern.c)
+                    res = chunk.resolution(s, reduce, out=reduced[: target.numel()].view(target.shape))
                     self.criterion.accumulate(target, res)
                 else:
                     self.criterion.accumulate(acc[a:b], s)

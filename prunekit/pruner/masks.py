@@ -62,7 +62,7 @@ KEPT = -1
 #: elements per chunk of the CPU path (a 2 MiB int32 buffer: cache-resident, few Python calls)
 CHUNK = 1 << 19
 
-_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 _buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
 
@@ -81,7 +81,7 @@ def pruned_bool(mask: torch.Tensor) -> torch.Tensor:
     return mask == 0
 
 
-def _widen_buffer(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+def widen_buffer(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The cached CPU buffer a mask chunk is widened into (one per device and integer dtype)."""
     key = (device, dtype)
     buf = _buffers.get(key)
@@ -99,7 +99,7 @@ def zero_pruned_(t: torch.Tensor, mask: torch.Tensor) -> None:
     """
     if mask.device != t.device:
         mask = mask.to(t.device)
-    int_dtype = _INT_OF_SIZE.get(t.element_size())
+    int_dtype = INT_OF_SIZE.get(t.element_size())
     if int_dtype is None or t.is_complex() or t.dtype == torch.bool or not (t.is_contiguous() and mask.is_contiguous()):
         t.masked_fill_(mask == 0, 0)
         return
@@ -112,12 +112,21 @@ def zero_pruned_(t: torch.Tensor, mask: torch.Tensor) -> None:
         bits.bitwise_and_(flat)
         return
     n, chunk = bits.numel(), CHUNK
-    buf = _widen_buffer(t.device, int_dtype)
+    buf = widen_buffer(t.device, int_dtype)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        wide = buf[: stop - start]
-        wide.copy_(flat[start:stop])
-        bits[start:stop].bitwise_and_(wide)
+        and_widened_(bits[start:stop], flat[start:stop], buf)
+
+
+def and_widened_(bits: torch.Tensor, mask: torch.Tensor, buf: torch.Tensor) -> None:
+    """``bits &= mask`` for a flat integer chunk and its flat int8 mask, through the widening buffer ``buf``.
+
+    The inner step of :func:`zero_pruned_`, without its checks: for loops that already hold
+    validated chunks (at most ``buf.numel()`` elements, ``buf`` of ``bits``' dtype).
+    """
+    wide = buf[: bits.numel()]
+    wide.copy_(mask)
+    bits.bitwise_and_(wide)
 
 
 @torch.no_grad()
@@ -135,7 +144,7 @@ def fill_pruned_(t: torch.Tensor, mask: torch.Tensor, value: float) -> torch.Ten
         return t.masked_fill_(mask.to(t.device) == 0, value)
     value_bits = int(torch.tensor(value, dtype=torch.float32).view(torch.int32))
     bits, flat = t.view(torch.int32).view(-1), mask.view(-1)
-    buf = _widen_buffer(t.device, torch.int32)
+    buf = widen_buffer(t.device, torch.int32)
     for start in range(0, bits.numel(), CHUNK):
         stop = min(start + CHUNK, bits.numel())
         wide = buf[: stop - start]

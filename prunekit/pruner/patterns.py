@@ -76,9 +76,13 @@ class BlockPattern:
         self.grid_cols = self.full_cols + (1 if self.edge_cols else 0)
         self.uniform = not self.edge_rows and not self.edge_cols
         self.block_numel = self.r * self.c
+        self._regions = self._split()
 
     def _parts(self) -> list[tuple[slice, slice, slice, slice, int, int]]:
         """(element rows, element cols, grid rows, grid cols, block rows, block cols) of each region."""
+        return self._regions
+
+    def _split(self) -> list[tuple[slice, slice, slice, slice, int, int]]:
         fr, fc = self.full_rows * self.r, self.full_cols * self.c
         row_parts = [(slice(0, fr), slice(0, self.full_rows), self.r)]
         if self.edge_rows:
