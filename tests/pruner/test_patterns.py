@@ -232,17 +232,23 @@ def test_iterative_nm_keeps_pruned_groups_and_takes_the_lowest_next(scope: str) 
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     session = prepare_pruning(model, cfg, opt)
     x = torch.randn(4, 32)
-    masks = []
-    for _ in range(3):
+    masks, weights = [], []
+    for _ in range(3):  # events at steps 0 (ratio 0), 1 (partial) and 2 (0.5)
+        weights.append({"0": model[0].weight.detach().abs().clone(), "2": model[2].weight.detach().abs().clone()})
         opt.zero_grad()
         model(x).pow(2).mean().backward()
         opt.step()
         masks.append(session.masks)
     ratios = [r.target for r in session.history]
-    assert ratios[0] < ratios[-1] == 0.5
-    for first, last in zip(masks[0].values(), masks[-1].values()):
-        assert not (last & ~first).any()  # nothing pruned comes back
-        per_group = (~last).view(last.shape[0], -1, 4).sum(-1)
-        assert (per_group == 2).all()
-        partial = (~first).view(first.shape[0], -1, 4).sum(-1)
-        assert set(partial.unique().tolist()) <= {0, 2}
+    assert 0 < ratios[1] < ratios[2] == 0.5
+    for partial, last in zip(masks[1].values(), masks[2].values()):
+        assert not (last & ~partial).any()  # nothing pruned comes back
+        assert ((~last).view(last.shape[0], -1, 4).sum(-1) == 2).all()
+        assert set((~partial).view(partial.shape[0], -1, 4).sum(-1).unique().tolist()) == {0, 2}
+    # the partial event took the groups whose 2 smallest |w| have the lowest mean (per layer, or across both)
+    group_scores = {name: w.view(w.shape[0], -1, 4).sort(-1).values[..., :2].mean(-1) for name, w in weights[1].items()}
+    taken = {name: (~m).view(m.shape[0], -1, 4).any(-1) for name, m in masks[1].items()}
+    for names in ([["0"], ["2"]] if scope == "local" else [["0", "2"]]):
+        pruned = torch.cat([group_scores[n][taken[n]] for n in names])
+        left = torch.cat([group_scores[n][~taken[n]] for n in names])
+        assert pruned.numel() and left.numel() and pruned.max() <= left.min()
