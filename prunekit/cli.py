@@ -1,7 +1,8 @@
 """The ``prunekit`` command (also ``python -m prunekit``).
 
 Exit codes: 0 success, 2 a config error (its lines printed, no traceback), 1 any other failure
-(one line; ``--debug`` shows the traceback).
+(one line; ``--debug`` shows the traceback). The ``config`` argument of ``validate`` and ``plan``
+is always a file name, and a config error lists at most :data:`MAX_PRINTED_PROBLEMS` problems.
 """
 
 from __future__ import annotations
@@ -10,11 +11,15 @@ import argparse
 import json
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from prunekit.errors import ConfigError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "MAX_PRINTED_PROBLEMS"]
+
+#: a config error prints at most this many problems (a hostile file can have thousands)
+MAX_PRINTED_PROBLEMS = 50
 
 EXAMPLES = {
     "validate": "prunekit validate configs/multi_group.yaml\n  prunekit validate my.yaml --model my_models:build_model",
@@ -46,7 +51,7 @@ def _import_plugins(modules: Sequence[str]) -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     from prunekit.config import load_config
 
-    config = load_config(args.config)
+    config = load_config(Path(args.config))  # a file name, never YAML text
     print(f"{args.config}: valid ({len(config.pruners)} pruner group(s))")
     rows = []
     for group in config.pruners:
@@ -82,7 +87,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from prunekit.config import load_config
     from prunekit.registry import get_scheduler
 
-    config = load_config(args.config)
+    config = load_config(Path(args.config))  # a file name, never YAML text
     curves = {}
     for group in config.pruners:
         sched = get_scheduler(group.scheduler, max_sparsity_per_op=group.max_sparsity_per_op)
@@ -219,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_error_text(err: ConfigError) -> str:
+    """The error's lines, at most MAX_PRINTED_PROBLEMS problems, each cut to 1000 characters."""
+    lines = [line if len(line) <= 1000 else line[:990] + " …" for line in str(err).splitlines()]
+    if len(lines) > MAX_PRINTED_PROBLEMS + 1:
+        hidden = len(lines) - 1 - MAX_PRINTED_PROBLEMS
+        lines = lines[: MAX_PRINTED_PROBLEMS + 1] + [f"  … and {hidden} more problem(s)"]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -226,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _import_plugins(args.plugin)
         return int(args.func(args) or 0)
     except ConfigError as err:
-        print(str(err), file=sys.stderr)
+        print(_config_error_text(err), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

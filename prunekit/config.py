@@ -48,9 +48,17 @@ from prunekit.inc import (
 )
 from prunekit.pattern_syntax import PATTERN_SYNTAX_HELP, PatternSpec, parse_pattern
 from prunekit.registry import CRITERIA, SCHEDULERS, suggest
-from prunekit.schedulers.base import SchedulerConfig, WeightSchedulerConfig
+from prunekit.schedulers.base import SchedulerConfig, WeightSchedulerConfig, crashed_validator_message
 from prunekit.schedulers.oneshot import OneshotConfig
-from prunekit.validation import check_class_names, check_regexes, format_path, problems_from_validation_error, rule_error
+from prunekit.validation import (
+    StrictNumbersModel,
+    check_class_names,
+    check_regexes,
+    data_shape_problems,
+    problems_from_validation_error,
+    rule_error,
+    short_repr,
+)
 from prunekit.yaml_source import YamlSource, read_yaml
 
 __all__ = [
@@ -69,25 +77,35 @@ Path_ = tuple[Any, ...]
 
 # ---------------------------------------------------------------------------- scheduler field
 def _validate_scheduler(value: Any, handler: ValidatorFunctionWrapHandler) -> SchedulerConfig:
-    """Dispatch a scheduler mapping on its ``type`` to the config model that type registered."""
+    """Dispatch a scheduler mapping on its ``type`` to the config model that type registered.
+
+    A third-party config model whose validators raise anything but a validation error (a
+    ``TypeError`` in a field validator escapes pydantic) is reported at the scheduler key.
+    """
     if isinstance(value, SchedulerConfig):
         value = value.model_dump()
     if isinstance(value, str):  # shorthand: `scheduler: oneshot`
         value = {"type": value}
     if not isinstance(value, Mapping):
-        raise rule_error(f"expected a scheduler mapping, got {value!r}", "write e.g. {type: iterative, end_step: 100}")
+        raise rule_error(f"expected a scheduler mapping, got {short_repr(value)}", "write e.g. {type: iterative, end_step: 100}")
     type_name = value.get("type")
     if type_name is None:
         raise rule_error("the scheduler has no 'type'", f"add 'type:' with one of {', '.join(SCHEDULERS.names())}")
     if not isinstance(type_name, str) or type_name not in SCHEDULERS:
-        raise rule_error(f"unknown scheduler type {type_name!r}", SCHEDULERS.unknown_hint(type_name))
+        raise rule_error(f"unknown scheduler type {short_repr(type_name)}", SCHEDULERS.unknown_hint(type_name))
     model = SCHEDULERS.config_of(type_name)
     if model is None or not issubclass(model, WeightSchedulerConfig):
         raise rule_error(
             f"scheduler {type_name!r} is not a weight-pruning scheduler",
             "name a weight scheduler here (data schedulers belong in the data_sparsity section)",
         )
-    return model.model_validate(dict(value))
+    try:
+        return model.model_validate(dict(value))
+    except ValidationError:
+        raise
+    except Exception as err:  # a third-party validator that crashed: located, never a traceback
+        what, fix = crashed_validator_message(model, type_name, err)
+        raise rule_error(what, fix) from None
 
 
 SchedulerField = Annotated[SerializeAsAny[WeightSchedulerConfig], WrapValidator(_validate_scheduler)]
@@ -100,7 +118,7 @@ def _criterion_names() -> list[str]:
     return CRITERIA.names()
 
 
-class PrunerConfig(BaseModel):
+class PrunerConfig(StrictNumbersModel):
     """One pruner group: which layers, which pattern and criterion, how sparse, and when."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -162,7 +180,7 @@ class PrunerConfig(BaseModel):
         inc = INC_UNSUPPORTED_CRITERIA.get(value)
         if inc is not None:
             raise rule_error(f"criterion {value!r} is not supported by prunekit ({inc})", f"use one of {', '.join(names)}")
-        raise rule_error(f"unknown criterion {value!r}", CRITERIA.unknown_hint(value))
+        raise rule_error(f"unknown criterion {short_repr(value)}", CRITERIA.unknown_hint(value))
 
     @field_validator("max_sparsity_per_op")
     @classmethod
@@ -273,7 +291,7 @@ def _apply_defaults(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[Path_
 
 
 # ---------------------------------------------------------------------------- the whole config
-class PruningConfig(BaseModel):
+class PruningConfig(StrictNumbersModel):
     """The whole pruning configuration: a version, shared defaults and the pruner groups."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -310,7 +328,7 @@ class PruningConfig(BaseModel):
             if key not in _GROUP_KEYS:
                 hint = suggest(key, list(_GROUP_KEYS))
                 did = f"did you mean '{hint}'? " if hint else ""
-                raise rule_error(f"unknown key '{key}' in defaults", f"{did}defaults may set: {', '.join(_GROUP_KEYS)}")
+                raise rule_error(f"unknown key {short_repr(key)} in defaults", f"{did}defaults may set: {', '.join(_GROUP_KEYS)}")
         return value
 
     @field_validator("pruners")
@@ -322,7 +340,7 @@ class PruningConfig(BaseModel):
                 group.name = f"pruner{i}"
             if group.name in seen:
                 raise rule_error(
-                    f"pruners[{i}] and pruners[{seen[group.name]}] are both named {group.name!r}",
+                    f"pruners[{i}] and pruners[{seen[group.name]}] are both named {short_repr(group.name)}",
                     "give every pruner group a unique name",
                 )
             seen[group.name] = i
@@ -363,6 +381,7 @@ def load_config(source: Any) -> PruningConfig:
         return source
     yaml_source: YamlSource | None = None
     if isinstance(source, WeightPruningConfig):
+        _check_shape({**source.weight_compression, "pruning_configs": source.pruning_configs})
         data: Any = source.to_dict()
     elif isinstance(source, Path) or (isinstance(source, str) and _looks_like_path(source)):
         yaml_source = read_yaml(Path(source))
@@ -371,10 +390,22 @@ def load_config(source: Any) -> PruningConfig:
         yaml_source = read_yaml(source)
         data = yaml_source.data
     elif isinstance(source, Mapping):
+        _check_shape(source)
         data = source
     else:
         raise ConfigError([ConfigProblem("", f"cannot load a config from {type(source).__name__}", "pass a path, YAML text, a dict or a PruningConfig")])
-    return _validate(data, yaml_source)
+    try:
+        return _validate(data, yaml_source)
+    except RecursionError:  # the shape checks make this unreachable; never a traceback all the same
+        source_name, line = yaml_source.locate(()) if yaml_source is not None else (None, None)
+        raise ConfigError([ConfigProblem("", "the config is nested too deeply to validate", "configs are shallow: flatten it", source_name, line)]) from None
+
+
+def _check_shape(data: Any) -> None:
+    """ConfigError when Python data nests too deeply, holds too many values or contains itself."""
+    problems = data_shape_problems(data)
+    if problems:
+        raise ConfigError(problems)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -382,7 +413,10 @@ def _looks_like_path(text: str) -> bool:
         return False
     if text.endswith((".yaml", ".yml", ".json")):
         return True
-    return Path(text).is_file()
+    try:
+        return len(text) < 4096 and Path(text).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL character
+        return False
 
 
 def _validate(data: Any, yaml_source: YamlSource | None) -> PruningConfig:
@@ -402,11 +436,17 @@ def _validate(data: Any, yaml_source: YamlSource | None) -> PruningConfig:
         problems = [_locate_problem(p, locate_in_file) for p in problems]
     merged, defaults_origin = _apply_defaults(data)
     origin.update(defaults_origin)
+    written = yaml_source.written_text if yaml_source is not None else None
     try:
         config = PruningConfig.model_validate(merged)
     except ValidationError as err:
-        found = problems_from_validation_error(err, model_at=lambda path: _model_at(merged, path))
-        problems += _relocate(found, origin, locate_in_file)
+        problems += problems_from_validation_error(
+            err,
+            model_at=lambda path: _model_at(merged, path),
+            user_path=lambda path: _user_path(path, origin),
+            locate=locate_in_file,
+            written=written,
+        )
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.line is None, p.line or 0)))
     return config
@@ -418,23 +458,12 @@ def _locate_problem(problem: ConfigProblem, locate: Any) -> ConfigProblem:
     return ConfigProblem(problem.path, problem.what, problem.fix, source, line)
 
 
-def _relocate(problems: list[ConfigProblem], origin: Mapping[Path_, Path_], locate: Any) -> list[ConfigProblem]:
-    """Point each problem at the key the user wrote (defaults, INC keys) and its file line."""
-    out: list[ConfigProblem] = []
-    seen: set[tuple[str, str]] = set()
-    for problem in problems:
-        path = _parse_path(problem.path)
-        for cut in range(len(path), 0, -1):
-            if path[:cut] in origin:
-                path = origin[path[:cut]] + path[cut:]
-                break
-        where = format_path(path)
-        if (where, problem.what) in seen:
-            continue
-        seen.add((where, problem.what))
-        source, line = locate(path)
-        out.append(ConfigProblem(where, problem.what, problem.fix, source, line))
-    return out
+def _user_path(path: Path_, origin: Mapping[Path_, Path_]) -> Path_:
+    """The key path the user wrote (a default, an INC key) for a path of the canonical config."""
+    for cut in range(len(path), 0, -1):
+        if path[:cut] in origin:
+            return origin[path[:cut]] + path[cut:]
+    return path
 
 
 _PATH_PART = re.compile(r"\[(\d+)\]|\.?([^.\[\]]+)")

@@ -12,9 +12,9 @@ import copy
 import warnings
 from typing import Any, Mapping
 
-from prunekit.errors import ConfigProblem
+from prunekit.errors import ConfigError, ConfigProblem
 from prunekit.registry import SCHEDULERS, suggest
-from prunekit.validation import format_path
+from prunekit.validation import data_shape_problems, format_path, short_repr
 
 __all__ = [
     "INC_KEYS",
@@ -92,7 +92,8 @@ class WeightPruningConfig:
 
     ``pruning_configs`` is a list of dicts, one per pruner group, each overriding the keyword
     globals. Pass the object to :func:`load_config` or ``prepare_pruning``; mutable defaults are
-    never shared between two objects.
+    never shared between two objects. Arguments nested too deeply, holding too many values or
+    containing themselves raise :class:`~prunekit.errors.ConfigError` here (before any copy).
     """
 
     def __init__(
@@ -113,6 +114,12 @@ class WeightPruningConfig:
         pruning_op_types: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
+        problems = data_shape_problems(
+            {"pruning_configs": pruning_configs, "op_names": op_names, "excluded_op_names": excluded_op_names,
+             "pruning_op_types": pruning_op_types, **kwargs}
+        )
+        if problems:
+            raise ConfigError(problems)
         self.pruning_configs: list[dict[str, Any]] = copy.deepcopy(pruning_configs) if pruning_configs else [{}]
         self.weight_compression: dict[str, Any] = {
             "target_sparsity": target_sparsity,
@@ -157,6 +164,16 @@ def translate_inc(data: Mapping[str, Any], version: int) -> tuple[dict[str, Any]
 
     def check_keys(mapping: Mapping[str, Any], where: Path_) -> None:
         for key in mapping:
+            if not isinstance(key, str):
+                kind = "a boolean" if isinstance(key, bool) else "null" if key is None else f"a {type(key).__name__}"
+                problems.append(
+                    ConfigProblem(
+                        format_path(where),
+                        f"the key {short_repr(key)} is {kind}, not a string",
+                        "keys must be strings: write the key's name as text (e.g. 'target_sparsity')",
+                    )
+                )
+                continue
             if key in INC_KEYS or key in _INC_EXTRA_KEYS or (key == "pruning_configs" and not where):
                 continue
             path = format_path(where + (key,))
@@ -165,7 +182,8 @@ def translate_inc(data: Mapping[str, Any], version: int) -> tuple[dict[str, Any]
                 continue
             hint = suggest(str(key), allowed)
             did = f"did you mean '{hint}'? " if hint else ""
-            problems.append(ConfigProblem(path, f"unknown key '{key}'", f"{did}INC-style keys are: {', '.join(allowed)}"))
+            shown = f"'{key}'" if len(key) <= 80 else short_repr(key)
+            problems.append(ConfigProblem(path, f"unknown key {shown}", f"{did}INC-style keys are: {', '.join(allowed)}"))
 
     check_keys(data, ())
     globals_ = {k: v for k, v in data.items() if k != "pruning_configs"}

@@ -48,23 +48,35 @@ class PatternSpec:
         return self.kind == "block" and self.rows == 1 and self.cols == 1
 
 
+def _shown(text: object) -> str:
+    """``repr(text)`` cut to about 80 characters (patterns echoed in messages)."""
+    if isinstance(text, str) and len(text) > 80:
+        return f"{text[:70]!r}… ({len(text):,} characters)"
+    shown = repr(text)
+    return shown if len(shown) <= 80 else f"{shown[:70]}…"
+
+
 def parse_pattern(text: str) -> PatternSpec:
     """Parse ``text`` (case-insensitive, spaces ignored); ValueError says what is wrong."""
     if not isinstance(text, str):
-        raise ValueError(f"a pattern is a string, got {text!r}")
+        raise ValueError(f"a pattern is a string, got {_shown(text)}")
     norm = text.replace(" ", "").lower()
     if norm == "channelx1":  # every output row of one input column
         return PatternSpec(norm, "block", rows=0, cols=1)
     if norm == "1xchannel":  # every input column of one output row
         return PatternSpec(norm, "block", rows=1, cols=0)
     if match := _BLOCK.match(norm):
+        if max(len(match[1]), len(match[2])) > 9:  # never int() a number of thousands of digits
+            raise ValueError(f"block sides of {_shown(text)} must be within 1..{MAX_BLOCK_SIDE}")
         rows, cols = int(match[1]), int(match[2])
         if not (1 <= rows <= MAX_BLOCK_SIDE and 1 <= cols <= MAX_BLOCK_SIDE):
-            raise ValueError(f"block sides of {text!r} must be within 1..{MAX_BLOCK_SIDE}")
+            raise ValueError(f"block sides of {_shown(text)} must be within 1..{MAX_BLOCK_SIDE}")
         return PatternSpec(norm, "block", rows=rows, cols=cols)
     if match := _NM.match(norm):
+        if max(len(match[1]), len(match[2])) > 9:
+            raise ValueError(f"in {_shown(text)} N and M must be within 1..{MAX_BLOCK_SIDE}")
         n, m = int(match[1]), int(match[2])
         if not (1 <= n < m <= MAX_BLOCK_SIDE):
-            raise ValueError(f"in {text!r} N must be at least 1 and below M (N of every M weights are pruned)")
+            raise ValueError(f"in {_shown(text)} N must be at least 1 and below M (N of every M weights are pruned)")
         return PatternSpec(norm, "nm", n=n, m=m)
-    raise ValueError(f"{text!r} is not a pattern")
+    raise ValueError(f"{_shown(text)} is not a pattern")

@@ -39,10 +39,24 @@ T = TypeVar("T")
 
 
 def suggest(name: str, candidates: list[str] | tuple[str, ...]) -> str | None:
-    """The candidate closest to ``name`` (case-insensitive), or None when nothing is close."""
+    """The candidate closest to ``name`` (case-insensitive), or None when nothing is close.
+
+    Anything but a string of reasonable length (at most 200 characters) has no suggestion.
+    """
+    if not isinstance(name, str) or len(name) > 200:
+        return None
     lowered = {c.lower(): c for c in candidates}
     match = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
     return lowered[match[0]] if match else None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters (names echoed in messages)."""
+    text = repr(value[: limit + 1] if isinstance(value, str) else value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value):,} characters)" if isinstance(value, str) else ""
+    return f"{text[: limit - 10]}…{size}"
 
 
 def _qualname(obj: Any) -> str:
@@ -224,7 +238,7 @@ class Registry:
 
     def unknown_message(self, name: Any) -> str:
         """The error text for an unknown ``name``: candidates and a 'did you mean'."""
-        return f"unknown {self.name} {name!r}; {self.unknown_hint(name)}"
+        return f"unknown {self.name} {_short(name)}; {self.unknown_hint(name)}"
 
     def unknown_hint(self, name: Any) -> str:
         """How to fix an unknown ``name``: the closest registered name and the full list."""

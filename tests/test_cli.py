@@ -43,6 +43,32 @@ def test_other_failures_exit_1_with_one_line_and_debug_shows_the_traceback():
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
+def test_hostile_files_exit_2_quickly_with_file_and_line(tmp_path):
+    bomb = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    bomb += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    files = {
+        "bomb.yaml": ("\n".join(bomb) + "\npruners: [*a9]\n").encode(),
+        "deep.yaml": ("pruners: " + "[" * 5000 + "]" * 5000 + "\n").encode(),
+        "latin1.yaml": b"pruners:\n  - target_sparsity: 0.5\n    name: caf\xe9\n",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        result = run("validate", str(tmp_path / name))
+        assert result.returncode == 2, (name, result.stderr)
+        assert f"{tmp_path / name}:" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_config_error_prints_at_most_50_problems_and_a_path_is_never_yaml_text(tmp_path):
+    many = tmp_path / "many.yaml"
+    many.write_text("pruners:\n  - target_sparsity: 0.5\n" + "    name: a\n" * 300)
+    result = run("validate", str(many))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 52 and lines[-1].strip() == "… and 249 more problem(s)"
+    result = run("validate", "no_such_config")
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
 def test_plan_prints_events_and_targets():
     result = run("plan", str(CONFIGS / "semi_structured_2of4.yaml"))
     assert result.returncode == 0, result.stderr

@@ -16,7 +16,7 @@ from prunekit.registry import register_scheduler
 from prunekit.schedulers.base import Scheduler, WeightSchedulerConfig
 from prunekit.schedulers.curves import AMBIGUOUS_CURVES, AMBIGUOUS_CURVES_FIX, DECAY_CURVES, decay_value
 from prunekit.registry import suggest
-from prunekit.validation import rule_error
+from prunekit.validation import rule_error, short_repr
 
 __all__ = ["IterativeConfig", "IterativeScheduler"]
 
@@ -36,7 +36,7 @@ class IterativeConfig(WeightSchedulerConfig):
         if name not in DECAY_CURVES:
             hint = suggest(name, DECAY_CURVES.names())
             did = f"did you mean '{hint}'? " if hint else ""
-            raise rule_error(f"unknown decay curve {name!r}", f"{did}use one of {', '.join(DECAY_CURVES.names())}")
+            raise rule_error(f"unknown decay curve {short_repr(name)}", f"{did}use one of {', '.join(DECAY_CURVES.names())}")
         return name
 
 
