@@ -12,6 +12,7 @@ from prunekit.data import (
     DataLoadResult,
     DataNormSparsifier,
     DataSparsityConfig,
+    SquashedDataError,
     UnknownDataError,
     build_data_sparsity,
 )
@@ -111,6 +112,7 @@ __all__ = [
     "SnipCriterion",
     "SnipMomentumCriterion",
     "StepDataScheduler",
+    "SquashedDataError",
     "UnknownDataError",
     "WeightPruningConfig",
     "WeightSchedulerConfig",

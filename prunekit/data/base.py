@@ -8,7 +8,11 @@ The torch.ao-style data sparsifier, rebuilt without its known defects. Design ch
   tensor (and the module holding it) sees the result, and a lookup through the module stays a plain
   dense lookup: nothing multiplies the table by the mask on every forward.
 * **Compact masks.** One ``torch.bool`` mask per entry (True = kept), on the data's device; state
-  dicts pack it to one bit per element.
+  dicts pack it to one bit per element. ``get_mask`` hands it out as a
+  :class:`~prunekit.data.masks.MaskView`, an alias that still computes like torch.ao's float mask
+  (``mask.mean()``, ``1 - mask``); internal paths use the plain tensor.
+* **Per-entry state.** ``state[name]`` holds the mask and whatever a subclass keeps next to it
+  (torch.ao's tests keep ``step_count`` there); state dicts save and restore every key.
 * **Plain Python state.** No monkey-patching and no hidden module, so ``pickle`` and
   ``copy.deepcopy`` keep every flag and every subclass attribute, and names may contain dots.
 """
@@ -19,14 +23,15 @@ import abc
 import copy
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterable, Mapping, Sequence, TypeVar, Union
+from typing import Any, Callable, Collection, Iterable, Mapping, NamedTuple, Sequence, TypeVar, Union
 
 import torch
 from torch import nn
 
 from prunekit.errors import ConfigError, ConfigProblem, PrunekitError, PruningError
 from prunekit.registry import Registry, suggest
-from prunekit.data.masks import pack_mask, unpack_mask
+from prunekit.data.masks import MaskView, pack_mask, unpack_mask
+from prunekit.data.plain import from_plain, to_plain
 
 __all__ = [
     "BaseDataSparsifier",
@@ -34,6 +39,7 @@ __all__ = [
     "DataConfigError",
     "DataLike",
     "DataLoadResult",
+    "SquashedDataError",
     "UnknownDataError",
     "STATE_DICT_VERSION",
 ]
@@ -51,6 +57,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 class UnknownDataError(PrunekitError, ValueError):
     """A data name the sparsifier does not hold."""
+
+
+class SquashedDataError(PruningError, ValueError):
+    """The original values of squashed data were asked for (``get_data(name, return_original=True)``).
+
+    A ``ValueError``, as torch.ao raises there, and a :class:`~prunekit.errors.PruningError`.
+    """
 
 
 class DataConfigError(ConfigError):
@@ -179,8 +192,10 @@ class BaseDataSparsifier(abc.ABC):
         * A new name starts from the defaults updated with ``config`` and an all-kept mask (so
           ``data`` itself comes back, not a copy).
         * An existing name is replaced: it keeps its config (updated with ``config``) and, with
-          ``reuse_mask=True``, its mask, which requires the same shape; the return value is then
-          ``data`` with that mask applied (a new tensor; ``data`` itself is not modified).
+          ``reuse_mask=True``, its mask, which requires the same shape, and the rest of its
+          per-entry state (``state[name]``; tensors there follow ``data`` to its device); the return
+          value is then ``data`` with that mask applied (a new tensor; ``data`` itself is not
+          modified). With ``reuse_mask=False`` the entry starts afresh: an all-kept mask, no state.
         * ``config`` may hold ``mask=`` (a tensor of ``data``'s shape, nonzero = kept) as the
           initial mask; it is copied, not stored in the config.
         """
@@ -192,6 +207,7 @@ class BaseDataSparsifier(abc.ABC):
         base = self.data_groups[name] if replacing else self.defaults
         merged = self.validate_config(name, {**copy.deepcopy(base), **config}, set(config) if replacing else None)
         fresh = True
+        kept: dict[str, Any] = {}
         if initial is not None:
             mask = self._checked_mask(name, initial, tensor)
             fresh = False
@@ -204,11 +220,14 @@ class BaseDataSparsifier(abc.ABC):
                     f"or use another name"
                 )
             mask = mask.to(tensor.device)
+            kept = _on_device({k: v for k, v in self.state[name].items() if k != "mask"}, tensor.device)
             fresh = False
         else:
             mask = torch.ones(tensor.shape, dtype=torch.bool, device=tensor.device)
         self.data_groups[name] = merged
-        self.state[name] = {"mask": mask}
+        if fresh or initial is not None:
+            self.__dict__.get("_mask_views", {}).pop(name, None)  # a new mask: drop the old one's view
+        self.state[name] = {"mask": mask, **kept}
         self._data[name] = tensor
         self._squashed.pop(name, None)
         return tensor if fresh else self._masked(tensor, mask)
@@ -246,7 +265,8 @@ class BaseDataSparsifier(abc.ABC):
     def get_data(self, name: str, return_original: bool = True) -> torch.Tensor:
         """The data held under ``name``.
 
-        ``return_original=True``: the tensor itself, unmasked (by reference). It fails after a
+        ``return_original=True``: the tensor itself, unmasked (by reference). It raises
+        :class:`SquashedDataError` (a ``ValueError``, as in torch.ao) after a
         ``squash_mask(leave_parametrized=True)``, which overwrote the original values in place.
         ``return_original=False``: the data with its mask applied (a new tensor; after a squash, the
         squashed tensor itself).
@@ -255,16 +275,34 @@ class BaseDataSparsifier(abc.ABC):
         tensor = self._tensor(name)
         if name in self._squashed:
             if return_original and self._squashed[name]:
-                raise PruningError(
+                raise SquashedDataError(
                     f"data {name!r} was squashed: squash_mask() zeroed its pruned values in place, so the "
                     f"original values are gone; get_data({name!r}, return_original=False) returns the squashed data"
                 )
             return tensor
         return tensor if return_original else self._masked(tensor, self.state[name]["mask"])
 
-    def get_mask(self, name: str) -> torch.Tensor:
-        """The bool mask of ``name`` (True = kept), the live tensor :meth:`step` updates in place."""
+    def get_mask(self, name: str) -> MaskView:
+        """The mask of ``name`` (True = kept): the live mask :meth:`step` updates in place.
+
+        A :class:`~prunekit.data.masks.MaskView`, an alias of the bool tensor in
+        ``state[name]["mask"]`` (writes show through both ways) that computes like torch.ao's float
+        mask where bool cannot (``mask.mean()``, ``1 - mask``, ``mask + mask``); its results are
+        plain tensors. Inside :meth:`update_mask`, rebinding it as torch.ao's sparsifiers do
+        (``mask.data = new_mask``) works too: :meth:`step` copies the new values into the mask.
+        """
         self._require(name)
+        mask = self.state[name]["mask"]
+        views = self.__dict__.setdefault("_mask_views", {})
+        view = views.get(name)
+        if view is None or not _aliases(view, mask):
+            view = views[name] = mask.as_subclass(MaskView)
+        if self.__dict__.get("_in_step", False):
+            self.__dict__.setdefault("_handed", []).append((name, view))
+        return view
+
+    def _plain_mask(self, name: str) -> torch.Tensor:
+        """The bool mask tensor of ``name`` itself, for internal paths (no subclass dispatch)."""
         return self.state[name]["mask"]
 
     @property
@@ -292,17 +330,36 @@ class BaseDataSparsifier(abc.ABC):
             )
         for name in self.data_groups:
             self._tensor(name)
-        with torch.no_grad():
-            for name, config in self.data_groups.items():
-                result = self.update_mask(name, self._tensor(name), **config)
-                if result is not None:
-                    mask = self.state[name]["mask"]
-                    if tuple(result.shape) != tuple(mask.shape):
-                        raise PruningError(
-                            f"{type(self).__name__}.update_mask({name!r}) returned a mask of shape "
-                            f"{tuple(result.shape)} for data of shape {tuple(mask.shape)}; return a mask of the data's shape"
-                        )
-                    mask.copy_(result.to(torch.bool))
+        try:
+            with torch.no_grad():
+                for name, config in self.data_groups.items():
+                    result = self.update_mask(name, self._tensor(name), **config)
+                    self._adopt_rebound_masks()
+                    if result is not None:
+                        self._store_mask(name, result, "returned a mask", "return a mask of the data's shape")
+        finally:
+            self.__dict__.pop("_handed", None)
+
+    def _adopt_rebound_masks(self) -> None:
+        """Copy into the masks the views ``update_mask`` rebound (``get_mask(name).data = new``)."""
+        for name, view in self.__dict__.pop("_handed", []):
+            mask = self.state.get(name, {}).get("mask")
+            if mask is None or _aliases(view, mask):
+                continue
+            with torch._C.DisableTorchFunctionSubclass():
+                rebound = torch.Tensor.as_subclass(view, torch.Tensor)
+                self._store_mask(name, rebound, f"set get_mask({name!r}).data to a tensor", "assign a mask of the data's shape")
+                view.data = mask  # the view is the live mask again
+
+    def _store_mask(self, name: str, new: torch.Tensor, what: str, fix: str) -> None:
+        """Copy ``new`` (nonzero = kept) into the bool mask of ``name``, checking its shape."""
+        mask = self.state[name]["mask"]
+        if tuple(new.shape) != tuple(mask.shape):
+            raise PruningError(
+                f"{type(self).__name__}.update_mask({name!r}) {what} of shape {tuple(new.shape)} for data of shape "
+                f"{tuple(mask.shape)}; {fix}"
+            )
+        mask.copy_(new if new.dtype == torch.bool else new != 0)
 
     def squash_mask(self, names: Sequence[str] | str | None = None, leave_parametrized: bool = True) -> None:
         """Finish ``names`` (default: every entry not squashed yet).
@@ -338,17 +395,20 @@ class BaseDataSparsifier(abc.ABC):
     def state_dict(self, include_data: bool = True) -> dict[str, Any]:
         """A snapshot of the sparsifier made of plain Python values and tensors (copies).
 
-        Keys: ``version``, ``defaults``, ``data_groups`` (name -> config), ``state`` (name ->
-        ``{"mask": packed}``, 1 bit per element, see :func:`~prunekit.data.masks.pack_mask`),
+        Keys: ``version``, ``defaults``, ``data_groups`` (name -> config), ``state`` (name -> the
+        entry's state: ``mask`` packed to 1 bit per element, see
+        :func:`~prunekit.data.masks.pack_mask`, and every other key a subclass keeps there),
         ``data`` (name -> a clone of the data; left out with ``include_data=False``, e.g. when the
         data is a model's parameters that are saved with the model), ``squashed`` (name -> whether
-        the mask was applied), ``enable_mask_update`` and ``step_count``.
+        the mask was applied), ``enable_mask_update`` and ``step_count``. Tensors are cloned, other
+        values deep-copied, enum members and NumPy scalars converted (:mod:`prunekit.data.plain`),
+        so the result loads with ``torch.load(..., weights_only=True)``.
         """
         out: dict[str, Any] = {
             "version": STATE_DICT_VERSION,
-            "defaults": copy.deepcopy(self.defaults),
-            "data_groups": copy.deepcopy(self.data_groups),
-            "state": {name: {"mask": pack_mask(s["mask"])} for name, s in self.state.items()},
+            "defaults": to_plain(self.defaults),
+            "data_groups": to_plain(self.data_groups),
+            "state": {name: _entry_state_dict(entry) for name, entry in self.state.items()},
             "squashed": dict(self._squashed),
             "enable_mask_update": bool(self.enable_mask_update),
             "step_count": int(self._step_count),
@@ -362,13 +422,14 @@ class BaseDataSparsifier(abc.ABC):
 
         ``strict=True`` makes the sparsifier hold exactly the saved names (others are dropped);
         ``strict=False`` keeps names that are not in the state dict. The rule for a name held now and
-        saved too (both modes): the saved config, mask and squash flag win; the tensor attached now
-        stays attached, and saved data for it, if any, is copied into it in place (as
-        ``nn.Module.load_state_dict`` does). A saved name with neither saved data nor an attached
-        tensor is loaded detached (see :class:`DataLoadResult`). Every problem is reported at once
-        (``ValueError``) before anything changes.
+        saved too (both modes): the saved config, entry state (mask and every other key) and squash
+        flag win; the tensor attached now stays attached, and saved data for it, if any, is copied
+        into it in place (as ``nn.Module.load_state_dict`` does). Tensors of an entry's state go to
+        its data's device. A saved name with neither saved data nor an attached tensor is loaded
+        detached (see :class:`DataLoadResult`). Every problem is reported at once (``ValueError``)
+        before anything changes.
         """
-        plan = self._plan_load(state_dict)
+        plan, defaults = self._plan_load(state_dict, strict)
         result = DataLoadResult()
         if strict:
             result.dropped = [n for n in self.data_groups if n not in plan]
@@ -378,38 +439,38 @@ class BaseDataSparsifier(abc.ABC):
         states = {} if strict else dict(self.state)
         tensors = {} if strict else dict(self._data)
         squashed = {} if strict else {n: v for n, v in self._squashed.items() if n not in plan}
-        for name, (config, mask, saved, was_squashed) in plan.items():
+        for name, entry in plan.items():
             attached = self._data.get(name)
             if name in self.data_groups:
                 result.replaced.append(name)
             if attached is not None:
-                if saved is not None:
+                if entry.saved is not None:
                     with torch.no_grad():
-                        attached.copy_(saved)
+                        attached.copy_(entry.saved)
                 tensor: torch.Tensor | None = attached
             else:
-                tensor = saved.clone() if saved is not None else None
+                tensor = entry.saved.clone() if entry.saved is not None else None
             if tensor is None:
                 result.detached.append(name)
-            groups[name] = config
-            states[name] = {"mask": mask.to(tensor.device) if tensor is not None else mask}
+            groups[name] = entry.config
+            state = {"mask": entry.mask, **entry.extras}
+            states[name] = _on_device(state, tensor.device) if tensor is not None else state
             tensors[name] = tensor
-            if was_squashed is not None:
-                squashed[name] = was_squashed
+            if entry.squashed is not None:
+                squashed[name] = entry.squashed
             result.loaded.append(name)
         self.data_groups, self.state, self._data, self._squashed = groups, states, tensors, squashed
-        if strict and isinstance(state_dict.get("defaults"), Mapping):
-            self.defaults = copy.deepcopy(dict(state_dict["defaults"]))
+        self.__dict__.pop("_mask_views", None)  # views of the replaced masks
+        if defaults is not None:
+            self.defaults = defaults
         if "enable_mask_update" in state_dict:
             self.enable_mask_update = bool(state_dict["enable_mask_update"])
         if "step_count" in state_dict:
             self._step_count = int(state_dict["step_count"])
         return result
 
-    def _plan_load(
-        self, sd: Mapping[str, Any]
-    ) -> dict[str, tuple[dict[str, Any], torch.Tensor, torch.Tensor | None, bool | None]]:
-        """Validate ``sd``; name -> (config copy, mask, saved data or None, squash flag or None)."""
+    def _plan_load(self, sd: Mapping[str, Any], strict: bool) -> tuple[dict[str, "_PlannedEntry"], dict[str, Any] | None]:
+        """Validate and copy ``sd``: (name -> entry to load, the defaults to load or None)."""
         problems: list[str] = []
         if not isinstance(sd, Mapping):
             raise ValueError(f"load_state_dict: expected a mapping from state_dict(), got {type(sd).__name__}")
@@ -430,47 +491,70 @@ class BaseDataSparsifier(abc.ABC):
         for name in list(states) + list(data) + list(squashed):
             if name not in groups:
                 problems.append(f"data_groups[{name!r}]: missing (another section has it); save the state dict again")
-        plan: dict[str, tuple[dict[str, Any], torch.Tensor, torch.Tensor | None, bool | None]] = {}
+        defaults = None
+        if strict and isinstance(sd.get("defaults"), Mapping):
+            defaults = _decoded(dict(sd["defaults"]), "defaults", problems)
+        plan: dict[str, _PlannedEntry] = {}
         for name in groups:
-            config = groups[name]
-            if not isinstance(config, Mapping):
-                problems.append(f"data_groups[{name!r}]: expected a config mapping, got {type(config).__name__}")
-                continue
-            if name not in states:
-                continue
-            try:
-                mask = self._decode_mask(states[name])
-            except (ValueError, KeyError, TypeError) as err:
-                problems.append(f"state[{name!r}].mask: {err}")
-                continue
-            saved = data.get(name)
-            if saved is not None and (not isinstance(saved, torch.Tensor) or tuple(saved.shape) != tuple(mask.shape)):
-                got = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
-                problems.append(f"data[{name!r}]: expected a tensor of the mask's shape {tuple(mask.shape)}, got {got}")
-                continue
-            attached = self._data.get(name)
-            if attached is not None and tuple(attached.shape) != tuple(mask.shape):
-                problems.append(
-                    f"state[{name!r}].mask: shape {tuple(mask.shape)} does not fit the tensor attached here "
-                    f"{tuple(attached.shape)}; attach data of the saved shape, or load into another sparsifier"
-                )
-                continue
-            flag = squashed.get(name)
-            plan[name] = (copy.deepcopy(dict(config)), mask, saved, None if flag is None else bool(flag))
+            entry = self._plan_entry(name, groups[name], states.get(name), data.get(name), squashed.get(name), problems)
+            if entry is not None:
+                plan[name] = entry
         if problems:
             raise ValueError(f"{type(self).__name__}.load_state_dict: " + "\n  ".join(["", *problems]).lstrip("\n "))
-        return plan
+        return plan, defaults
+
+    def _plan_entry(
+        self, name: str, config: Any, state: Any, saved: Any, flag: Any, problems: list[str]
+    ) -> "_PlannedEntry | None":
+        """One saved entry, checked and copied (None, with ``problems`` added, when it cannot load)."""
+        if not isinstance(config, Mapping):
+            problems.append(f"data_groups[{name!r}]: expected a config mapping, got {type(config).__name__}")
+            return None
+        if state is None:
+            return None
+        if not isinstance(state, Mapping) or "mask" not in state:
+            got = "a mapping without 'mask'" if isinstance(state, Mapping) else type(state).__name__
+            problems.append(f"state[{name!r}]: expected the entry's state, a mapping with a 'mask', got {got}; save the state dict again")
+            return None
+        count = len(problems)
+        decoded_config = _decoded(dict(config), f"data_groups[{name!r}]", problems)
+        try:
+            mask = self._decode_mask(state["mask"])
+        except (ValueError, KeyError, TypeError) as err:
+            problems.append(f"state[{name!r}]['mask']: {err}")
+            return None
+        extras = {k: _decoded(v, f"state[{name!r}][{k!r}]", problems) for k, v in state.items() if k != "mask"}
+        if saved is not None and (not isinstance(saved, torch.Tensor) or tuple(saved.shape) != tuple(mask.shape)):
+            got = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
+            problems.append(f"data[{name!r}]: expected a tensor of the mask's shape {tuple(mask.shape)}, got {got}")
+            return None
+        attached = self._data.get(name)
+        if attached is not None and tuple(attached.shape) != tuple(mask.shape):
+            problems.append(
+                f"state[{name!r}]['mask']: shape {tuple(mask.shape)} does not fit the tensor attached here "
+                f"{tuple(attached.shape)}; attach data of the saved shape, or load into another sparsifier"
+            )
+            return None
+        if len(problems) > count:
+            return None
+        return _PlannedEntry(decoded_config, mask, extras, saved, None if flag is None else bool(flag))
 
     @staticmethod
-    def _decode_mask(state: Any) -> torch.Tensor:
-        if not isinstance(state, Mapping) or "mask" not in state:
-            raise KeyError("expected {'mask': ...}")
-        mask = state["mask"]
+    def _decode_mask(mask: Any) -> torch.Tensor:
+        """A saved mask (packed, or a dense or sparse tensor) as a new bool tensor."""
         if isinstance(mask, Mapping):
             return unpack_mask(mask)
         if isinstance(mask, torch.Tensor):  # a dense or sparse mask (torch.ao's format)
             return (mask.to_dense() if mask.layout != torch.strided else mask).to(torch.bool).clone(memory_format=torch.contiguous_format)
         raise TypeError(f"expected a packed mask or a tensor, got {type(mask).__name__}")
+
+    # ------------------------------------------------------------------ pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """Every attribute but the cached mask views (aliases, rebuilt on the next ``get_mask``)."""
+        state = self.__dict__.copy()
+        state.pop("_mask_views", None)
+        state.pop("_handed", None)
+        return state
 
     # ------------------------------------------------------------------ display
     def __repr__(self) -> str:
@@ -486,3 +570,43 @@ def config_problems(name: str | None, problems: list[tuple[str, str, str]]) -> D
     """A :class:`DataConfigError` for ``(key, what, fix)`` triples of entry ``name`` (None: defaults)."""
     where = "defaults" if name is None else f"data_groups[{name!r}]"
     return DataConfigError([ConfigProblem(f"{where}.{key}" if key else where, what, fix) for key, what, fix in problems])
+
+
+class _PlannedEntry(NamedTuple):
+    """One entry :meth:`BaseDataSparsifier.load_state_dict` will load (copies of the saved values)."""
+
+    config: dict[str, Any]
+    mask: torch.Tensor
+    extras: dict[str, Any]  # the entry's state besides the mask
+    saved: torch.Tensor | None  # saved data (copied, or copied into the attached tensor)
+    squashed: bool | None
+
+
+def _entry_state_dict(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry's state as saved: the mask packed, every other key through :func:`to_plain`."""
+    return {"mask": pack_mask(entry["mask"]), **{k: to_plain(v) for k, v in entry.items() if k != "mask"}}
+
+
+def _decoded(value: Any, where: str, problems: list[str]) -> Any:
+    """:func:`from_plain` of ``value``, or None with the problem added to ``problems``."""
+    try:
+        return from_plain(value, where)
+    except ValueError as err:
+        problems.append(str(err))
+        return None
+
+
+def _on_device(state: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """``state`` with its tensor values moved to ``device`` (the mask included)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+
+
+def _aliases(view: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Whether ``view`` still shows exactly ``mask`` (it was not rebound with ``view.data = ...``)."""
+    with torch._C.DisableTorchFunctionSubclass():
+        return (
+            view.data_ptr() == mask.data_ptr()
+            and view.dtype == mask.dtype
+            and view.shape == mask.shape
+            and view.stride() == mask.stride()
+        )

@@ -19,6 +19,12 @@ that misses falls back to a full ``kthvalue``). Passes run over about 16 chunks,
 matrix-vector product with a vector of ones (much faster than a reduction over a tiny innermost
 dimension); elsewhere, or when float32 matmul precision has been lowered (TF32, bf16), a plain
 reduction keeps the scores exact.
+
+Whatever the config, the work is bounded by the data: a block larger than the matrix is clamped to
+it (one partial block, the mask torch.ao computes by padding), edge blocks are handled as exact
+sub-grids of their own shape instead of being padded, and N:M ranking inside blocks writes its
+comparisons into reused buffers. Every temporary is at most a few times the region of the data a
+pass reads.
 """
 
 from __future__ import annotations
@@ -38,14 +44,19 @@ _SAMPLE_BLOCKS = 1 << 16
 
 
 class BlockGrid:
-    """A 2-D ``mat`` cut into ``block``-shaped blocks, scored chunk by chunk of block rows."""
+    """A 2-D ``mat`` cut into ``block``-shaped blocks, scored chunk by chunk of block rows.
+
+    A block larger than ``mat`` is clamped to it (one partial block covers the data, as torch.ao's
+    padding computes too). Edge blocks are never padded: a chunk is cut into at most four regions
+    (full blocks, the right edge column, the bottom edge row, the corner), each an exact grid of
+    its own block shape, so no pass allocates more than the data's region it reads.
+    """
 
     def __init__(self, mat: torch.Tensor, block: tuple[int, int], norm: str) -> None:
         self.mat = mat
         self.rows, self.cols = mat.shape
-        self.bh, self.bw = block
+        self.bh, self.bw = max(1, min(int(block[0]), self.rows)), max(1, min(int(block[1]), self.cols))
         self.nbr, self.nbc = math.ceil(self.rows / self.bh), math.ceil(self.cols / self.bw)
-        self.padded_cols = self.nbc * self.bw
         self.square = norm == "L2"
         self.dtype = torch.float64 if mat.dtype == torch.float64 else torch.float32
         self.edges = bool(self.rows % self.bh or self.cols % self.bw)
@@ -53,12 +64,19 @@ class BlockGrid:
         # on a busy machine), each between CHUNK_ELEMENTS and 16x that many entries
         numel = self.rows * self.cols
         target = min(max(CHUNK_ELEMENTS, numel // 16), 16 * CHUNK_ELEMENTS)
-        self.rows_per_chunk = max(1, target // (self.bh * self.padded_cols))
+        self.rows_per_chunk = max(1, target // (self.bh * self.cols))
         # the product is exact only at full float32 precision; TF32/bf16 matmuls would round scores
         self.use_product = mat.device.type == "cpu" and torch.get_float32_matmul_precision() == "highest"
         score_bytes = torch.empty((), dtype=self.dtype).element_size()
         self.store_scores = 4 * score_bytes <= self.bh * self.bw * mat.element_size()
-        self._ones_vector: torch.Tensor | None = None
+        full = self.cols // self.bw
+        #: (first column, end column, block width, slice of block columns) of the column regions
+        self.col_parts: list[tuple[int, int, int, slice]] = []
+        if full:
+            self.col_parts.append((0, full * self.bw, self.bw, slice(0, full)))
+        if self.cols % self.bw:
+            self.col_parts.append((full * self.bw, self.cols, self.cols - full * self.bw, slice(full, full + 1)))
+        self._ones_vectors: dict[int, torch.Tensor] = {}
         self._buffer: torch.Tensor | None = None
 
     @property
@@ -70,15 +88,25 @@ class BlockGrid:
         for i0 in range(0, self.nbr, self.rows_per_chunk):
             yield i0, min(i0 + self.rows_per_chunk, self.nbr)
 
-    def padded_rows(self, i0: int, i1: int, fill: float) -> torch.Tensor:
-        """Rows of block rows ``i0 .. i1``, padded with ``fill`` to whole blocks when needed."""
-        r0, want = i0 * self.bh, (i1 - i0) * self.bh
-        part = self.mat[r0 : r0 + want]
-        if part.shape == (want, self.padded_cols):
-            return part
-        out = part.new_full((want, self.padded_cols), fill)
-        out[: part.shape[0], : part.shape[1]] = part
-        return out
+    def row_parts(self, i0: int, i1: int) -> list[tuple[int, int, int, slice]]:
+        """(first row, end row, block height, slice of the chunk's block rows) of block rows ``i0 .. i1``."""
+        full_end = i1 if (i1 < self.nbr or self.rows % self.bh == 0) else i1 - 1
+        parts = []
+        if full_end > i0:
+            parts.append((i0 * self.bh, full_end * self.bh, self.bh, slice(0, full_end - i0)))
+        if full_end < i1:
+            parts.append((full_end * self.bh, self.rows, self.rows - full_end * self.bh, slice(full_end - i0, i1 - i0)))
+        return parts
+
+    def regions(self, i0: int, i1: int) -> Iterator[tuple[int, int, int, int, int, int, slice, slice]]:
+        """``(r0, r1, c0, c1, h, w, rows, cols)``: the exact sub-grids of block rows ``i0 .. i1``.
+
+        ``mat[r0:r1, c0:c1]`` is cut into ``h x w`` blocks; ``rows, cols`` select their entries of a
+        ``(i1 - i0, nbc)`` table of the chunk's blocks.
+        """
+        for r0, r1, h, rows in self.row_parts(i0, i1):
+            for c0, c1, w, cols in self.col_parts:
+                yield r0, r1, c0, c1, h, w, rows, cols
 
     def all_scores(self, name: str) -> torch.Tensor:
         """The ``(nbr, nbc)`` score table, computed chunk by chunk into one tensor."""
@@ -89,7 +117,14 @@ class BlockGrid:
 
     def chunk_scores(self, i0: int, i1: int, out: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of block rows ``i0 .. i1``: ``(i1 - i0, nbc)``, written into ``out`` if given."""
-        part = self.padded_rows(i0, i1, 0.0)
+        if out is None:
+            out = torch.empty(i1 - i0, self.nbc, dtype=self.dtype, device=self.mat.device)
+        for r0, r1, c0, c1, h, w, rows, cols in self.regions(i0, i1):
+            self._region_scores(self.mat[r0:r1, c0:c1], h, w, out[rows, cols])
+        return out
+
+    def _region_scores(self, part: torch.Tensor, h: int, w: int, out: torch.Tensor) -> None:
+        """Write into ``out`` the scores of ``part`` cut into ``h x w`` blocks (sums, or means with edges)."""
         size = part.numel()
         if self._buffer is None or self._buffer.numel() < size:
             self._buffer = torch.empty(size, dtype=self.dtype, device=self.mat.device)
@@ -99,33 +134,25 @@ class BlockGrid:
         else:
             values.copy_(part)
             values.square_() if self.square else values.abs_()
-        n = i1 - i0
-        if self.bh > 1:
-            values = values.view(n, self.bh, self.padded_cols).sum(1)
-        if out is None:
-            out = torch.empty(n, self.nbc, dtype=self.dtype, device=self.mat.device)
-        if self.bw > 1 and self.use_product:
-            torch.mm(values.reshape(-1, self.bw), self._ones(), out=out.view(-1, 1))
-        elif self.bw > 1:
-            torch.sum(values.reshape(n, self.nbc, self.bw), -1, out=out)
+        n, width = out.shape
+        if h > 1:
+            values = values.view(n, h, part.shape[1]).sum(1)
+        if w > 1 and self.use_product:
+            if out.is_contiguous():
+                torch.mm(values.reshape(-1, w), self._ones(w), out=out.view(-1, 1))
+            else:
+                out.copy_(torch.mm(values.reshape(-1, w), self._ones(w)).view(n, width))
+        elif w > 1:
+            torch.sum(values.reshape(n, width, w), -1, out=out)
         else:
-            out.copy_(values.reshape(n, self.nbc))
+            out.copy_(values.reshape(n, width))
         if self.edges:
-            out /= self._counts(i0, i1)
-        return out
+            out /= h * w
 
-    def _ones(self) -> torch.Tensor:
-        if self._ones_vector is None:
-            self._ones_vector = torch.ones(self.bw, 1, dtype=self.dtype, device=self.mat.device)
-        return self._ones_vector
-
-    def _counts(self, i0: int, i1: int) -> torch.Tensor:
-        rows = torch.full((i1 - i0, 1), self.bh, dtype=self.dtype, device=self.mat.device)
-        cols = torch.full((1, self.nbc), self.bw, dtype=self.dtype, device=self.mat.device)
-        if i1 == self.nbr:
-            rows[-1] = self.rows - (self.nbr - 1) * self.bh
-        cols[0, -1] = self.cols - (self.nbc - 1) * self.bw
-        return rows * cols
+    def _ones(self, width: int) -> torch.Tensor:
+        if width not in self._ones_vectors:
+            self._ones_vectors[width] = torch.ones(width, 1, dtype=self.dtype, device=self.mat.device)
+        return self._ones_vectors[width]
 
     def sample_scores(self, count: int) -> torch.Tensor:
         """Scores of ``count`` blocks drawn with a fixed seed (sorted)."""
@@ -159,7 +186,8 @@ def _threshold(grid: BlockGrid, k: int, name: str) -> tuple[torch.Tensor, int, i
 
 
 def _bracketed_threshold(grid: BlockGrid, k: int, name: str) -> tuple[torch.Tensor, int, int] | None:
-    count = max(1024, min(_SAMPLE_BLOCKS, CHUNK_ELEMENTS // (grid.bh * grid.bw)))
+    # a sample of at most 1/16 of the blocks: its index temporaries stay small next to the data
+    count = max(1024, min(_SAMPLE_BLOCKS, CHUNK_ELEMENTS // (grid.bh * grid.bw), grid.num_blocks // 16))
     lo, hi = _bracket(grid.sample_scores(count), k / grid.num_blocks)
     same = lo is not None and hi is not None and bool(lo == hi)
     budget = max(grid.num_blocks // 2, 1)  # a guard: real brackets hold a few percent of the scores
@@ -260,7 +288,7 @@ def _kth_in_memory(flat: torch.Tensor, k: int) -> torch.Tensor:
 
 def _bracketed_kth(flat: torch.Tensor, k: int) -> torch.Tensor | None:
     n = flat.numel()
-    count = _SAMPLE_BLOCKS
+    count = max(1024, min(_SAMPLE_BLOCKS, n // 16))
     picks = torch.randint(n, (count,), generator=torch.Generator().manual_seed(0)).to(flat.device)
     sample = flat[picks].sort().values
     lo, hi = _bracket(sample, k / n)
@@ -289,38 +317,38 @@ def _bracket(sample: torch.Tensor, q: float) -> tuple[torch.Tensor | None, torch
 def _write_chunk(
     grid: BlockGrid, out: torch.Tensor, i0: int, i1: int, keep: torch.Tensor, whole: bool, zeros: int
 ) -> None:
-    bh, bw, nbc = grid.bh, grid.bw, grid.nbc
-    r0, r1 = i0 * bh, min(i1 * bh, grid.rows)
-    n = i1 - i0
-    if whole:
-        spread = keep[:, None, :, None].expand(n, bh, nbc, bw)
-        if r1 - r0 == n * bh and grid.cols == grid.padded_cols:
-            out[r0:r1].view(n, bh, nbc, bw).copy_(spread)
-            return
-        chunk = spread.reshape(n * bh, grid.padded_cols)
-    else:
-        # padding is +inf so it ranks after every real entry inside a block
-        part = grid.padded_rows(i0, i1, math.inf).abs()
-        blocks = part.reshape(n, bh, nbc, bw).permute(0, 2, 1, 3).reshape(n * nbc, bh * bw)
-        entries = _rank_in_rows(blocks) >= zeros
-        entries |= keep.reshape(-1, 1)
-        chunk = entries.reshape(n, nbc, bh, bw).permute(0, 2, 1, 3).reshape(n * bh, grid.padded_cols)
-    out[r0:r1] = chunk[: r1 - r0, : grid.cols]
+    """Write the mask of block rows ``i0 .. i1`` (``keep``: which of their blocks stay) into ``out``."""
+    for r0, r1, c0, c1, h, w, rows, cols in grid.regions(i0, i1):
+        kept = keep[rows, cols]
+        n, width = kept.shape
+        target = out[r0:r1, c0:c1].view(n, h, width, w)  # a view even for a column slice
+        if whole:
+            target.copy_(kept[:, None, :, None].expand(n, h, width, w))
+            continue
+        blocks = grid.mat[r0:r1, c0:c1].abs().view(n, h, width, w).permute(0, 2, 1, 3).reshape(n * width, h * w)
+        entries = _kept_in_rows(blocks, zeros)
+        entries |= kept.reshape(-1, 1)
+        target.copy_(entries.view(n, width, h, w).permute(0, 2, 1, 3))
 
 
-def _rank_in_rows(values: torch.Tensor) -> torch.Tensor:
-    """The rank (0 = smallest) of each entry within its row; ties: the earlier entry ranks lower."""
-    size = values.shape[1]
+def _kept_in_rows(values: torch.Tensor, zeros: int) -> torch.Tensor:
+    """Bool like ``values``: False at the ``zeros`` smallest entries of each row (ties: earlier first)."""
+    rows, size = values.shape
+    if zeros >= size:
+        return torch.zeros(values.shape, dtype=torch.bool, device=values.device)
     if size > 32:  # pairwise comparisons cost size² passes; sort instead
         order = values.argsort(dim=1, stable=True)
-        ranks = torch.empty_like(order)
-        ranks.scatter_(1, order, torch.arange(size, device=values.device).expand_as(order))
-        return ranks
+        kept = torch.ones(values.shape, dtype=torch.bool, device=values.device)
+        kept.scatter_(1, order[:, :zeros], False)
+        return kept
     columns = values.t().contiguous()  # (size, rows): every comparison below reads contiguous memory
     ranks = torch.zeros(columns.shape, dtype=torch.uint8, device=values.device)
+    smaller = torch.empty(rows, dtype=torch.bool, device=values.device)
+    not_smaller = torch.empty_like(smaller)
     for i in range(size):
         for j in range(i + 1, size):
-            later_smaller = columns[j] < columns[i]  # else entry i ranks first (ties go to the earlier)
-            ranks[i] += later_smaller
-            ranks[j] += later_smaller.logical_not()
-    return ranks.t()
+            torch.lt(columns[j], columns[i], out=smaller)  # else entry i ranks first (ties go to the earlier)
+            ranks[i] += smaller
+            torch.logical_not(smaller, out=not_smaller)
+            ranks[j] += not_smaller
+    return ranks.t() >= zeros

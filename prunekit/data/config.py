@@ -38,7 +38,13 @@ from prunekit.data.norm import DataNormConfig
 from prunekit.errors import ConfigError, ConfigProblem, RegistryError
 from prunekit.registry import SCHEDULERS, get_scheduler, suggest
 from prunekit.schedulers.data import BaseDataScheduler, DataSchedulerConfig, LambdaDataScheduler
-from prunekit.validation import check_class_names, check_regexes, problems_from_validation_error, rule_error
+from prunekit.validation import (
+    StrictNumbersModel,
+    check_class_names,
+    check_regexes,
+    problems_from_validation_error,
+    rule_error,
+)
 
 __all__ = [
     "DataSparsifierConfig",
@@ -49,8 +55,11 @@ __all__ = [
 ]
 
 
-class DataSparsifierConfig(BaseModel):
-    """Base of every data sparsifier config: ``type`` names the entry in ``DATA_SPARSIFIERS``."""
+class DataSparsifierConfig(StrictNumbersModel):
+    """Base of every data sparsifier config: ``type`` names the entry in ``DATA_SPARSIFIERS``.
+
+    A boolean is refused wherever a field takes a number, for subclasses' fields too.
+    """
 
     model_config = ConfigDict(extra="forbid")
 

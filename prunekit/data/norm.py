@@ -7,6 +7,9 @@ the top-left corner (edge blocks are partial):
 * block score = mean of ``|x|`` (``L1``) or of ``x²`` (``L2``) over the block's elements;
 * the ``k = round(clamp(sparsity_level, 0, 1) · num_blocks)`` lowest-scoring blocks are chosen
   (ties: lower block index first);
+* a block larger than the data is clamped to the data's matrix shape (one partial block covers it:
+  the mask torch.ao computes by padding the data up to the block), when masks are computed, so a
+  block written by a data scheduler is clamped too; the config keeps the value given;
 * inside each chosen block, the ``zeros_per_block`` entries of smallest magnitude are zeroed
   (ties: lower position first; every entry when the block has no more than that).
 
@@ -21,24 +24,29 @@ Scores and masks are computed chunk by chunk (:mod:`prunekit.data.blocks`): a st
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from typing import Any, Collection, Iterable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from prunekit.data.base import DATA_SPARSIFIERS, BaseDataSparsifier, DataLike, config_problems
 from prunekit.data.blocks import BlockGrid, write_block_mask
-from prunekit.data.masks import matrix_shape
+from prunekit.data.masks import clamp_block, matrix_shape
 from prunekit.registry import suggest
-from prunekit.validation import problems_from_validation_error, rule_error
+from prunekit.validation import StrictNumbersModel, problems_from_validation_error, rule_error
 
 __all__ = ["DataNormSparsifier", "DataNormConfig", "DataNormEntryConfig", "norm_block_mask"]
 
 _MAX_BLOCK = 1 << 20
 
 
-class DataNormEntryConfig(BaseModel):
-    """The per-data config of :class:`DataNormSparsifier` (what ``add_data(**config)`` may set)."""
+class DataNormEntryConfig(StrictNumbersModel):
+    """The per-data config of :class:`DataNormSparsifier` (what ``add_data(**config)`` may set).
+
+    A boolean is refused wherever a number is expected (``sparsity_level=True`` is not 1.0).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -84,7 +92,8 @@ class DataNormSparsifier(BaseDataSparsifier):
         data_list: ``(name, data)`` pairs to add with the defaults.
         sparsity_level: fraction of blocks chosen, in [0, 1] (a data scheduler may set any value; it
             is clamped to [0, 1] when masks are computed).
-        sparse_block_shape: ``(rows, columns)`` of a block.
+        sparse_block_shape: ``(rows, columns)`` of a block, sizes in [1, 2^20]; a block larger than
+            the data is clamped to it when masks are computed.
         zeros_per_block: entries zeroed in each chosen block; None = the whole block.
         norm: ``"L1"`` or ``"L2"``.
 
@@ -155,26 +164,83 @@ class DataNormSparsifier(BaseDataSparsifier):
         zeros_per_block: int | None = None,
         **unknown: Any,
     ) -> None:
-        """Recompute the mask of ``name`` in place (see the module docstring for the rule)."""
+        """Recompute the mask of ``name`` in place (see the module docstring for the rule).
+
+        The values are checked again here, because a data scheduler may have written them: a
+        boolean, a NaN level, a block that is not two positive integers or a ``zeros_per_block``
+        outside the block raise :class:`~prunekit.data.DataConfigError` naming the entry and key.
+        """
         if unknown:
             raise config_problems(
                 name, [(k, f"unknown key {k!r}", f"remove it; {type(self).__name__} takes: {', '.join(_ENTRY_KEYS)}") for k in unknown]
             )
-        level = float(sparsity_level)
-        if math.isnan(level):
-            raise config_problems(name, [("sparsity_level", "is NaN", "set a number within [0, 1]")])
-        bh, bw = (int(s) for s in sparse_block_shape)
-        zeros = bh * bw if zeros_per_block is None else int(zeros_per_block)
-        if bh < 1 or bw < 1 or not 0 <= zeros <= bh * bw:
-            raise config_problems(
-                name,
-                [("zeros_per_block", f"{zeros} zeros in a {bh}x{bw} block", f"use a block of positive sizes and 0..{bh * bw} zeros")],
-            )
+        level, block, zeros = _step_values(name, sparsity_level, sparse_block_shape, zeros_per_block)
         if not (data.is_floating_point()):
             raise TypeError(f"{type(self).__name__}: data {name!r} is {data.dtype}; it needs floating-point data (convert with .float())")
-        norm_block_mask(
-            data, self.get_mask(name), min(max(level, 0.0), 1.0), (bh, bw), zeros, self.norm, name=name
-        )
+        norm_block_mask(data, self._plain_mask(name), min(max(level, 0.0), 1.0), block, zeros, self.norm, name=name)
+
+
+def _is_boolean(value: Any) -> bool:
+    """``bool``, NumPy's ``bool_`` or a bool tensor: values Python would silently take for 0 / 1."""
+    return isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool")
+
+
+def _step_values(name: str, level: Any, block: Any, zeros: Any) -> tuple[float, tuple[int, int], int]:
+    """``(level, (bh, bw), zeros)`` from an entry's config at step time, or a :class:`DataConfigError`."""
+    problems: list[tuple[str, str, str]] = []
+    if _is_boolean(level):
+        problems.append(("sparsity_level", f"expected a number, got a boolean ({level!r})", "set a number within [0, 1]"))
+        level = 0.0
+    if isinstance(level, numbers.Real) or (isinstance(level, torch.Tensor) and level.numel() == 1):
+        level = float(level)
+    else:
+        problems.append(("sparsity_level", f"expected a number, got {type(level).__name__}", "set a number within [0, 1]"))
+        level = 0.0
+    if math.isnan(level):
+        problems.append(("sparsity_level", "is NaN", "set a number within [0, 1]"))
+    sizes = _block_sizes(block)
+    if sizes is None:
+        problems.append((
+            "sparse_block_shape",
+            f"expected two positive integers, got {block!r}" + (" (a boolean is not a size)" if _holds_boolean(block) else ""),
+            "set e.g. (1, 4)",
+        ))
+        sizes = (1, 1)
+    bh, bw = sizes
+    count = bh * bw
+    if zeros is None:
+        zeros = count
+    elif _is_boolean(zeros) or not _is_integer(zeros):
+        what = f"a boolean ({zeros!r})" if _is_boolean(zeros) else repr(zeros)
+        problems.append(("zeros_per_block", f"expected an integer or None, got {what}", f"set 0..{count}, or None for the whole block"))
+        zeros = count
+    elif not 0 <= int(zeros) <= count:
+        problems.append(("zeros_per_block", f"{int(zeros)} zeros in a {bh}x{bw} block", f"use a block of positive sizes and 0..{count} zeros"))
+    if problems:
+        raise config_problems(name, problems)
+    return level, (bh, bw), int(zeros)
+
+
+def _is_integer(value: Any) -> bool:
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _holds_boolean(block: Any) -> bool:
+    return isinstance(block, (list, tuple)) and any(_is_boolean(b) for b in block)
+
+
+def _block_sizes(block: Any) -> tuple[int, int] | None:
+    """``block`` as two positive ints, or None when it is not two positive integers (booleans refused)."""
+    if not isinstance(block, (list, tuple)) or len(block) != 2:
+        return None
+    if any(_is_boolean(b) or not _is_integer(b) for b in block):
+        return None
+    bh, bw = (operator.index(b) for b in block)
+    return (bh, bw) if bh >= 1 and bw >= 1 else None
 
 
 def _did_you_mean(key: str) -> str:
@@ -194,13 +260,16 @@ def norm_block_mask(
 ) -> None:
     """Write into the bool ``mask`` (``data``'s shape, contiguous) the mask the module docstring defines.
 
-    ``level`` must already be within [0, 1]. Non-contiguous data is copied once to view it as a matrix.
+    ``level`` must already be within [0, 1]. A block larger than the data is clamped to it (and
+    ``zeros_per_block`` to the clamped block). Non-contiguous data is copied once to view it as a
+    matrix.
     """
     rows, cols = matrix_shape(data.shape)
     out = mask.view(rows, cols)
     if data.numel() == 0:
         return
-    bh, bw = block
+    bh, bw = block = clamp_block(data.shape, block)
+    zeros_per_block = min(zeros_per_block, bh * bw)
     num_blocks = math.ceil(rows / bh) * math.ceil(cols / bw)
     k = round(level * num_blocks)
     if k == 0 or zeros_per_block == 0:

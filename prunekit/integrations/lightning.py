@@ -39,6 +39,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
         raise ImportError("prunekit.integrations.lightning needs Lightning: pip install 'prunekit[lightning]'") from err
 
 from prunekit.data.base import BaseDataSparsifier
+from prunekit.data.plain import from_plain, to_plain
 from prunekit.registry import SCHEDULERS
 from prunekit.schedulers.data import BaseDataScheduler
 
@@ -203,9 +204,11 @@ class TrainingAwareDataSparsity(pl.Callback):
     ``history`` holds, per epoch, the scheduled values used and the fractions of zeros reached.
 
     The callback state (sparsifier and scheduler) is saved in Lightning checkpoints and restored
-    on resume (``trainer.fit(..., ckpt_path=...)``). A checkpoint written before this callback's
-    epoch-end work (for example by ``ModelCheckpoint`` after validation) is caught up at resume by
-    running that epoch-end step on the restored weights, which are the weights it would have seen.
+    on resume (``trainer.fit(..., ckpt_path=...)``); it is made of plain values and tensors, so the
+    checkpoint loads with ``torch.load(..., weights_only=True)``. A checkpoint written before this
+    callback's epoch-end work (for example by ``ModelCheckpoint`` after validation) is caught up at
+    resume by running that epoch-end step on the restored weights, which are the weights it would
+    have seen.
     """
 
     def __init__(
@@ -250,11 +253,12 @@ class TrainingAwareDataSparsity(pl.Callback):
 
     def _restore(self, state: Mapping[str, Any], trainer: Any, model: nn.Module) -> None:
         assert self.data_sparsifier is not None and self.data_scheduler is not None
+        history = from_plain(list(state.get("history", [])), "history")
         self.data_sparsifier.load_state_dict(state["data_sparsifier"], strict=True)
         self.data_scheduler.load_state_dict(state["data_scheduler"])
         self.data_sparsifier_state_dict = copy.deepcopy(state["data_sparsifier"])
         self._epochs_done = int(state["epochs_done"])
-        self.history = copy.deepcopy(list(state.get("history", [])))
+        self.history = history
         behind = int(trainer.current_epoch) - self._epochs_done
         if behind == 1:  # saved before this callback's epoch-end work on a completed epoch
             self._sparsify_epoch(model)
@@ -297,7 +301,7 @@ class TrainingAwareDataSparsity(pl.Callback):
             "data_sparsifier": self.data_sparsifier.state_dict(include_data=False),
             "data_scheduler": self.data_scheduler.state_dict(),
             "epochs_done": self._epochs_done,
-            "history": copy.deepcopy(self.history),
+            "history": to_plain(self.history),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 _BASE_FIELDS = ("schedule_param", "last_epoch", "verbose")
+#: attributes that only mean something during a call: never saved, ignored when loaded
+_TRANSIENT = ("_get_sp_called_within_step",)
 
 
 class BaseDataScheduler(abc.ABC):
@@ -74,6 +76,10 @@ class BaseDataScheduler(abc.ABC):
 
     #: attributes left out of :meth:`state_dict` (besides the sparsifier): e.g. Python callables
     _not_state: ClassVar[tuple[str, ...]] = ()
+
+    #: True only while :meth:`step` is calling :meth:`get_schedule_param` (torch.ao's flag, with its
+    #: meaning: subclasses written for torch.ao read it to warn when called from outside ``step()``)
+    _get_sp_called_within_step: bool = False
 
     def __init__(
         self, data_sparsifier: "BaseDataSparsifier", schedule_param: str, last_epoch: int = -1, verbose: bool = False
@@ -99,6 +105,7 @@ class BaseDataScheduler(abc.ABC):
         self._sparsifier_steps_at_start = int(getattr(data_sparsifier, "_step_count", 0))
         self._order_warned = False
         self._last_param: dict[str, Any] = {}
+        self._get_sp_called_within_step = False
         self._capture_bases(epoch=0)
         self.step()
 
@@ -107,8 +114,9 @@ class BaseDataScheduler(abc.ABC):
     def get_schedule_param(self) -> Mapping[str, Any]:
         """The value of ``schedule_param`` for the step ``self.last_epoch``: data name -> value.
 
-        Called by :meth:`step` after ``last_epoch`` has advanced. Names the sparsifier does not hold
-        are an error; names left out keep their current value.
+        Called by :meth:`step` after ``last_epoch`` has advanced, with
+        ``self._get_sp_called_within_step`` True (False at any other time). Names the sparsifier
+        does not hold are an error; names left out keep their current value.
         """
 
     # ------------------------------------------------------------------ stepping
@@ -128,7 +136,11 @@ class BaseDataScheduler(abc.ABC):
         self._capture_bases(epoch=max(self.last_epoch, 0))
         self._step_count += 1
         self.last_epoch += 1
-        values = self.get_schedule_param()
+        self._get_sp_called_within_step = True
+        try:
+            values = self.get_schedule_param()
+        finally:
+            self._get_sp_called_within_step = False
         if not isinstance(values, Mapping):
             raise TypeError(
                 f"{type(self).__name__}.get_schedule_param() must return a mapping of data name to value, "
@@ -174,16 +186,26 @@ class BaseDataScheduler(abc.ABC):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Every attribute except the sparsifier (and Python callables): copies of plain values.
+        """Every attribute except the sparsifier, Python callables and transient flags: copies.
 
+        Tensors are cloned, other values deep-copied, enum members and NumPy scalars converted
+        (:mod:`prunekit.data.plain`), so the result loads with ``torch.load(..., weights_only=True)``.
         The sparsifier's own state is not included: save ``data_sparsifier.state_dict()`` too,
         and restore the sparsifier before the scheduler.
         """
-        skip = {"data_sparsifier", *self._not_state}
-        return {k: copy.deepcopy(v) for k, v in self.__dict__.items() if k not in skip}
+        from prunekit.data.plain import to_plain
+
+        skip = {"data_sparsifier", *self._not_state, *_TRANSIENT}
+        return {k: to_plain(v) for k, v in self.__dict__.items() if k not in skip}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved (the input is copied, never modified)."""
+        """Restore what :meth:`state_dict` saved (the input is copied, never modified).
+
+        Transient flags in the input (torch.ao saves ``_get_sp_called_within_step``) are ignored.
+        Every problem is reported before anything changes.
+        """
+        from prunekit.data.plain import from_plain
+
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{type(self).__name__}.load_state_dict: expected a mapping, got {type(state_dict).__name__}")
         bad = [k for k in state_dict if k == "data_sparsifier" or k in self._not_state or not isinstance(k, str)]
@@ -192,7 +214,17 @@ class BaseDataScheduler(abc.ABC):
                 f"{type(self).__name__}.load_state_dict: {', '.join(map(repr, bad))} cannot be loaded; "
                 f"pass what state_dict() returned (the sparsifier is restored with its own load_state_dict)"
             )
-        self.__dict__.update(copy.deepcopy(dict(state_dict)))
+        loaded, problems = {}, []
+        for key, value in state_dict.items():
+            if key in _TRANSIENT:
+                continue
+            try:
+                loaded[key] = from_plain(value, key)
+            except ValueError as err:
+                problems.append(str(err))
+        if problems:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
+        self.__dict__.update(loaded)
 
     # ------------------------------------------------------------------ building from a config
     @classmethod
