@@ -10,7 +10,11 @@ On a 50M-parameter MLP (3 x Linear(4096, 4096), batch 32, CPU by default):
 2. one mask update at sparsity 0.9 (2:4 at 0.5, its maximum): prunekit's event (1x1 local, 1x1
    global, 4x1, 2:4) against ``WeightNormSparsifier.step()`` with the equivalent block settings
    and ``prune.global_unstructured``: time and peak extra memory;
-3. scale: prunekit's 1x1 local and global mask update at 10M, 50M and 200M parameters.
+3. scale: prunekit's 1x1 local and global mask update at 10M, 50M and 200M parameters;
+4. single layer: one event on ONE large layer (``--single-layer``, default 16384 x 12288 = 201M
+   parameters, as many as the largest scale: the performance issue's case) per pattern, criterion and scope, for float32 and
+   bfloat16 weights (``--single-layer-dtypes``): time and peak extra memory in units of the layer's
+   weight bytes (the promise: at most 0.5). ``--single-layer 4096x4096`` runs it smaller.
 
 Times and memory come from separate runs. Every case is timed in this process with the normal
 allocator, prunekit and its peer alternating. Peak extra memory is measured in one child process
@@ -20,7 +24,8 @@ one run per case (on CUDA, ``torch.cuda.max_memory_allocated`` in this process).
 that allocator setting would charge every temporary a fresh mmap, and measuring memory after the
 timing runs would let the update reuse their freed heap unseen.
 
-Run: ``python benchmarks/bench_pruner.py [--steps 4] [--rounds 3] [--threads 1] [--device cpu]``.
+Run: ``python benchmarks/bench_pruner.py [--steps 4] [--rounds 3] [--threads 1] [--device cpu]
+[--skip steps,updates,scale,single] [--single-layer 16384x12288]``.
 ``--threads`` defaults to 1: on a shared 2-core machine two threads per op make timings
 unstable (an op waits for a descheduled thread).
 """
@@ -331,19 +336,98 @@ def bench_scale(device: str, repeats: int, memory: bool) -> list[tuple[str, int,
     return rows
 
 
-def _memory_runs(args: argparse.Namespace, skip: set[str]) -> tuple[list, list]:
-    """The memory rows of :func:`bench_updates` and :func:`bench_scale`, from a ``--memory-child`` process."""
-    if {"updates", "scale"} <= skip:
-        return [], []
+#: (label, pattern, criterion, scope, target) of the single-layer section
+SINGLE_CASES = [
+    ("magnitude 1x1 local", "1x1", "magnitude", "local", 0.9),
+    ("magnitude 1x1 global", "1x1", "magnitude", "global", 0.9),
+    ("magnitude 4x1 local", "4x1", "magnitude", "local", 0.9),
+    ("magnitude 1x2 local", "1x2", "magnitude", "local", 0.9),
+    ("snip 4x4 global", "4x4", "snip", "global", 0.9),
+    ("snip 2:4 local (0.5)", "2:4", "snip", "local", 0.5),
+    ("magnitude 2:4 local (0.25)", "2:4", "magnitude", "local", 0.25),
+    ("gradient channelx1 global (0.5)", "channelx1", "gradient", "global", 0.5),
+    ("magnitude 1xchannel local (0.5)", "1xchannel", "magnitude", "local", 0.5),
+    ("snip_momentum 4x1 local", "4x1", "snip_momentum", "local", 0.9),
+]
+
+
+def _single_update(model: nn.Module, saved: torch.Tensor, pattern: str, target: float, scope: str, criterion: str) -> Callable[[], object]:
+    """One layer's weights reset, gradients ready (snip_momentum: one step accumulated); returns the event."""
+    layer = model[0]
+    with torch.no_grad():
+        layer.weight.copy_(saved)
+    layer.weight.grad = None
+    window = {"type": "iterative", "start_step": 0, "end_step": 1, "frequency": 1} if criterion == "snip_momentum" else None
+    session = Pruning(model, oneshot_cfg(pattern, target, scope, criterion, scheduler=window))
+    if criterion != "magnitude":
+        x = torch.randn(2, layer.in_features, device=saved.device, dtype=saved.dtype)
+        model(x).float().sum().backward()
+    if criterion == "snip_momentum":  # step 0 accumulates the scores; the event is at step 1
+        session.on_before_optimizer_step()
+        session.on_after_optimizer_step()
+
+    def run() -> None:
+        session.on_before_optimizer_step()
+        session.on_after_optimizer_step()
+
+    run.cleanup = session.close  # type: ignore[attr-defined]
+    return run
+
+
+def bench_single(device: str, shape: tuple[int, int], dtypes: list[str], repeats: int, memory: bool) -> list[tuple[str, str, float | None]]:
+    """Rows ``(case, dtype, seconds or peak extra MiB)`` of one event on a single ``shape`` layer."""
+    measure = peak_extra_mib if memory else seconds
+    rows, cols = shape
+    out = []
+    for dtype_name in dtypes:
+        dtype = getattr(torch, dtype_name)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(cols, rows, bias=False)).to(device=device, dtype=dtype)
+        saved = model[0].weight.detach().clone()
+        small = nn.Sequential(nn.Linear(cols, 64, bias=False)).to(device=device, dtype=dtype)
+        small_saved = small[0].weight.detach().clone()
+        for label, pattern, criterion, scope, target in SINGLE_CASES:
+            if memory:  # the same event on a small layer first: one-time costs (kernel code pages) are not the layer's
+                _run(functools.partial(_single_update, small, small_saved, pattern, target, scope, criterion), seconds, device)
+            factory = functools.partial(_single_update, model, saved, pattern, target, scope, criterion)
+            values = [_run(factory, measure, device) for _ in range(1 if memory else repeats)]
+            out.append((label, dtype_name, _median(values)))
+        del model, saved, small, small_saved
+        gc.collect()
+    return out
+
+
+def _single_args(args: argparse.Namespace) -> tuple[tuple[int, int], list[str]]:
+    """The single layer's shape (default: as many parameters as the largest scale, 3 x width^2:
+    16384 x 12288 = 201M for width 8192) and dtypes."""
+    if args.single_layer:
+        rows, cols = (int(v) for v in args.single_layer.lower().split("x"))
+    else:
+        width = max(SCALES.values())
+        rows, cols = 2 * width, 3 * width // 2
+        args.single_layer = f"{rows}x{cols}"  # for the memory child
+    return (rows, cols), [d for d in args.single_layer_dtypes.split(",") if d]
+
+
+def _memory_runs(args: argparse.Namespace, skip: set[str]) -> tuple[list, list, list]:
+    """The memory rows of :func:`bench_updates`, :func:`bench_scale` and :func:`bench_single`, from a
+    ``--memory-child`` process."""
+    if {"updates", "scale", "single"} <= skip:
+        return [], [], []
     if args.device.startswith("cuda"):  # the CUDA allocator's own statistics: no child needed
+        shape, dtypes = _single_args(args)
         return (bench_updates(args.device, 1, memory=True) if "updates" not in skip else [],
-                bench_scale(args.device, 1, memory=True) if "scale" not in skip else [])
-    code = (f"import sys; sys.argv = {[__file__, '--memory-child', '--threads', str(args.threads), '--device', args.device, '--skip', ','.join(skip)]!r}; "
+                bench_scale(args.device, 1, memory=True) if "scale" not in skip else [],
+                bench_single(args.device, shape, dtypes, 1, memory=True) if "single" not in skip else [])
+    argv = [__file__, '--memory-child', '--threads', str(args.threads), '--device', args.device, '--skip', ','.join(skip),
+            '--single-layer', args.single_layer, '--single-layer-dtypes', args.single_layer_dtypes]
+    code = (f"import sys; sys.argv = {argv!r}; "
             f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import bench_pruner as b; "
             f"b.WIDTH, b.BATCH, b.SCALES = {WIDTH!r}, {BATCH!r}, {SCALES!r}; b.main()")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    return [tuple(r) for r in result["updates"]], [tuple(r) for r in result["scale"]]
+    return ([tuple(r) for r in result["updates"]], [tuple(r) for r in result["scale"]],
+            [tuple(r) for r in result["single"]])
 
 
 def main() -> None:
@@ -353,16 +437,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each mask update (median is shown)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (benchmark only)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: steps,updates,scale")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: steps,updates,scale,single")
+    parser.add_argument("--single-layer", default=None, metavar="ROWSxCOLS",
+                        help="the single layer of the single-layer section (default: 16384x12288, 201M parameters, "
+                             "as many as the largest scale)")
+    parser.add_argument("--single-layer-dtypes", default="float32,bfloat16", help="weight dtypes of the single-layer section")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
+    shape, dtypes = _single_args(args)
     if args.memory_child:
         _fix_malloc()
         print(json.dumps({
             "updates": bench_updates(args.device, 1, memory=True) if "updates" not in skip else [],
             "scale": bench_scale(args.device, 1, memory=True) if "scale" not in skip else [],
+            "single": bench_single(args.device, shape, dtypes, 1, memory=True) if "single" not in skip else [],
         }))
         return
     print_machine(args.device)
@@ -379,7 +469,8 @@ def main() -> None:
     # times here with the normal allocator; memory in a child process (see the module docstring)
     update_times = bench_updates(args.device, args.repeats, memory=False) if "updates" not in skip else []
     scale_times = bench_scale(args.device, 2, memory=False) if "scale" not in skip else []
-    update_mem, scale_mem = _memory_runs(args, skip)
+    single_times = bench_single(args.device, shape, dtypes, 1, memory=False) if "single" not in skip else []
+    update_mem, scale_mem, single_mem = _memory_runs(args, skip)
 
     def frac(mib: float | None, nbytes: float) -> str:
         return f"{mib * 2**20 / nbytes:>8.2f}" if mib is not None else f"{'n/a':>8}"
@@ -397,6 +488,15 @@ def main() -> None:
         print(f"\n{'scale (1x1 at 0.9, median of 2)':<24} {'params':>12} {'ms':>9} {'ns/param':>9} {'/pruned':>8}")
         for (label, n, t), (_, _, mib) in zip(scale_times, scale_mem):
             print(f"{label:<24} {n:>12,} {t * 1e3:>9.1f} {t / n * 1e9:>9.2f} {frac(mib, 4 * n)}")
+
+    if single_times:
+        rows, cols = shape
+        print(f"\nsingle layer: one Linear({cols}, {rows}), {rows * cols:,} parameters; one event, one run each")
+        print(f"{'case':<34} {'dtype':<9} {'ms':>9} {'/weights':>8}")
+        for (label, dtype_name, t), (_, _, mib) in zip(single_times, single_mem):
+            nbytes = rows * cols * getattr(torch, dtype_name).itemsize
+            print(f"{label:<34} {dtype_name:<9} {t * 1e3:>9.1f} {frac(mib, nbytes)}")
+        print("(/weights: peak extra memory of the event in units of the layer's weight bytes; the promise is 0.5)")
 
 
 if __name__ == "__main__":

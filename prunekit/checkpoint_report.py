@@ -1,7 +1,7 @@
 """What a checkpoint's sparsity really is: per-layer shape, element-wise sparsity, and which
 patterns its zeros satisfy (``prunekit report CHECKPOINT``).
 
-Accepted files (``torch.load``): a model ``state_dict``; a training checkpoint holding one under
+Accepted files (``torch.load(..., weights_only=True)``, never the full unpickler): a model ``state_dict``; a training checkpoint holding one under
 ``model``, ``state_dict``, ``model_state_dict`` or ``module`` (Lightning's ``state_dict`` included);
 a Hugging Face ``model.safetensors``. Every floating tensor with at least 2 dimensions whose name
 ends in ``weight`` is a layer. The 2-D view is the one the pruner uses for ``Linear`` / ``Conv``
@@ -24,7 +24,7 @@ import torch
 
 from prunekit.pruner.selection import Layout
 
-__all__ = ["LayerSparsity", "load_weights", "analyse", "satisfied_patterns", "CHECKED_PATTERNS"]
+__all__ = ["LayerSparsity", "load_weights", "safe_load", "analyse", "satisfied_patterns", "CHECKED_PATTERNS"]
 
 #: the patterns ``report`` checks, in the order they are listed
 CHECKED_PATTERNS = ("2:4", "1:4", "4x1", "1x4", "channelx1", "1xchannel")
@@ -54,13 +54,12 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ImportError(f"{path}: reading .safetensors files needs the safetensors package: pip install safetensors") from None
         return dict(load_file(str(path))), None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - older checkpoints pickle plain Python objects too
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+    obj = safe_load(path)
     pruning = _find_pruning_state(obj)
     tensors = _find_state_dict(obj)
     if tensors is None:
@@ -68,6 +67,26 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             f"{path}: no model weights found; expected a state_dict or a checkpoint with one of the keys {', '.join(_STATE_KEYS)}"
         )
     return tensors, pruning
+
+
+def safe_load(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never arbitrary objects.
+
+    A file that needs the full unpickler is refused (unpickling runs code chosen by whoever wrote
+    the file); the error says how to convert a file one trusts.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every refusal of the safe unpickler means the same to the user
+        reason = str(err).strip().splitlines()
+        detail = next((line.strip() for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason else "")
+        raise ValueError(
+            f"{path}: refusing to load: the file holds Python objects beyond tensors and plain containers "
+            f"({detail[:200]}), and unpickling them could run code. prunekit never loads such files. If you trust "
+            f"the file, convert it once, e.g. python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+            f"torch.save(c['state_dict'] if 'state_dict' in c else c.state_dict(), 'weights.pt')\", "
+            f"or save model.state_dict() (or a .safetensors file) in the first place"
+        ) from None
 
 
 def _find_pruning_state(obj: Any) -> dict[str, Any] | None:

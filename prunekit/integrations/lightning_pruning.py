@@ -60,6 +60,8 @@ class PruningCallback(pl.Callback):
 
     # ------------------------------------------------------------------ fit
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.pruning is not None:  # a previous fit of this callback that did not end: free its layers
+            self.pruning.close()
         self.pruning = Pruning(pl_module, self.config, **self.options)
         self.pruning.attach(self._optimizer_of(trainer), hooks=False)
         if self._pending_state is not None:

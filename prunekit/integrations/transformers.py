@@ -69,6 +69,8 @@ class PruningTrainerCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any) -> None:
         if model is None or optimizer is None:
             raise PruningError("PruningTrainerCallback needs the Trainer's model and optimizer at on_train_begin")
+        if self.pruning is not None:  # a previous train() of this callback that did not end: free its layers
+            self.pruning.close()
         self.pruning = Pruning(model, self.config, **self.options)
         self.pruning.attach(unwrap_optimizer(optimizer), hooks=not _HAS_OPTIMIZER_EVENTS)
         if state.global_step > 0:
@@ -108,7 +110,7 @@ class PruningTrainerCallback(TrainerCallback):
         for folder in candidates:
             file = folder / STATE_FILE
             if file.is_file():
-                state = torch.load(file, map_location="cpu", weights_only=False)
+                state = torch.load(file, map_location="cpu", weights_only=True)  # plain values and tensors only
                 if int(state["global_step"]) != global_step:
                     raise PruningError(
                         f"{file} holds the pruning state of step {state['global_step']}, but the Trainer resumes at step "

@@ -4,21 +4,35 @@ A grid holds one score per block of a layer (``>= 0``; :data:`~prunekit.pruner.p
 for blocks already pruned), in the flat order of the layer's 2-D block grid. The searches only
 ever ask for *chunks* (:meth:`BlockGrid.chunks`), so a grid need not exist in memory:
 
-* :class:`TensorGrid` wraps a materialized grid (block patterns: a fraction of the weight's size);
+* :class:`TensorGrid` wraps a materialized grid (blocks of 4 or more weights on 32-bit weights,
+  tall blocks such as ``channelx1``: a small fraction of the weight's size);
 * :class:`StreamGrid` computes each chunk of scores when asked (``1x1`` patterns, where a grid
   would be as large as the weight): a global threshold over every layer of a group then costs a
-  few chunk-sized temporaries instead of a copy of every score.
+  few chunk-sized temporaries instead of a copy of every score;
+* :class:`RowGrid` computes the scores of a range of block rows when asked: block patterns and
+  N:M where a materialized grid would cost too large a share of the weight's bytes (``1x2``,
+  ``1:2``, ``4x1`` or ``2:4`` on 16-bit weights), and accumulated scores.
+
+An event never materializes a keep mask of the layer's size either: the choice of
+:mod:`prunekit.pruner.scope` is a threshold and a tie cut (:class:`~prunekit.pruner.scope.Choice`),
+and the mask is committed part by part (:meth:`parts`: a range of block rows at a time), each part's
+block keep expanded into its rows of the int8 mask. Under ``torch.distributed`` the block keep of
+every part is packed into bits (:func:`pack_bits`, 1 bit per block) and broadcast before anything
+is committed.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
 from prunekit.pruner import masks as _masks
 
-__all__ = ["BlockGrid", "TensorGrid", "StreamGrid", "as_grid"]
+__all__ = ["BlockGrid", "TensorGrid", "StreamGrid", "RowGrid", "as_grid", "event_chunk", "row_ranges", "rows_view", "gather_2d", "pack_bits", "unpack_bits"]
+
+#: a part of a grid: (first block row, end block row, block scores [rows, grid cols] (flat for StreamGrid), extra)
+Part = tuple[int, int, torch.Tensor, Any]
 
 
 class BlockGrid(Protocol):
@@ -46,27 +60,57 @@ class BlockGrid(Protocol):
     def device(self) -> torch.device: ...
 
 
-class TensorGrid:
-    """A materialized block-score grid."""
+def event_chunk(numel: int) -> int:
+    """Elements per chunk of an event on a layer of ``numel`` weights: ``_masks.CHUNK`` from ``32 * CHUNK``
+    weights (16M) on; smaller layers take ``numel / 64`` (at least ``CHUNK / 64``), so that the
+    chunk-sized temporaries of an event (scores, comparison flags, N:M rank words) stay a small
+    share of the layer's bytes too. Results do not depend on the chunk size."""
+    chunk = _masks.CHUNK
+    if numel >= 32 * chunk:
+        return chunk
+    return max(min(chunk, numel // 64), max(1, chunk // 64))
 
-    def __init__(self, grid: torch.Tensor, pattern: object) -> None:
+
+def _chunk_size(grid: object) -> int:
+    """The most blocks one chunk of ``grid`` holds."""
+    return min(getattr(grid, "blocks"), getattr(grid, "chunk_size", _masks.CHUNK))
+
+
+class TensorGrid:
+    """A materialized block-score grid; ``step`` block rows per :meth:`parts`, ``extra`` a per-block-row
+    tensor handed out with them (N:M: which weights stay in a pruned group)."""
+
+    def __init__(
+        self, grid: torch.Tensor, pattern: object, step: int | None = None, extra: torch.Tensor | None = None, chunk: int | None = None
+    ) -> None:
         self.grid = grid
         self.flat = grid.reshape(-1)
         self.pattern = pattern
         self.blocks = self.flat.numel()
         self.shape = tuple(grid.shape)
         self.known_pruned: int | None = None
+        self.chunk_size = chunk or _masks.CHUNK
+        cols = self.shape[-1] if self.shape else 1
+        self.step = step if step is not None else max(1, self.chunk_size // max(cols, 1))
+        self.extra = extra
+
+    def parts(self) -> Iterator[Part]:
+        rows = self.shape[0]
+        for g0 in range(0, rows, self.step):
+            g1 = min(g0 + self.step, rows)
+            yield g0, g1, self.grid[g0:g1], None if self.extra is None else self.extra[g0:g1]
 
     @property
     def device(self) -> torch.device:
         return self.grid.device
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        for start in range(0, self.blocks, _masks.CHUNK):
-            yield start, self.flat[start : start + _masks.CHUNK]
+        size = self.chunk_size
+        for start in range(0, self.blocks, size):
+            yield start, self.flat[start : start + size]
 
     def chunk(self, start: int) -> torch.Tensor:
-        return self.flat[start : start + _masks.CHUNK]
+        return self.flat[start : start + self.chunk_size]
 
     def sample(self, stride: int) -> torch.Tensor:
         return self.flat[::stride].float()
@@ -86,6 +130,7 @@ class StreamGrid:
         shape: tuple[int, int],
         pattern: object,
         device: torch.device,
+        chunk: int | None = None,
     ) -> None:
         self._score, self._sample = score, sample
         self.shape = shape
@@ -94,20 +139,146 @@ class StreamGrid:
         self._device = device
         #: elements already pruned (scored ``PRUNED``) when the caller knows it from the mask, else ``None``
         self.known_pruned: int | None = None
+        self.chunk_size = chunk or _masks.CHUNK
 
     @property
     def device(self) -> torch.device:
         return self._device
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        for start in range(0, self.blocks, _masks.CHUNK):
-            yield start, self._score(start, min(start + _masks.CHUNK, self.blocks))
+        size = self.chunk_size
+        for start in range(0, self.blocks, size):
+            yield start, self._score(start, min(start + size, self.blocks))
+
+    def parts(self) -> Iterator[Part]:
+        """``(start, stop, scores, None)``: flat element ranges (the layer's 2-D view is contiguous)."""
+        for start, chunk in self.chunks():
+            yield start, start + chunk.numel(), chunk, None
 
     def chunk(self, start: int) -> torch.Tensor:
-        return self._score(start, min(start + _masks.CHUNK, self.blocks))
+        return self._score(start, min(start + self.chunk_size, self.blocks))
 
     def sample(self, stride: int) -> torch.Tensor:
         return self._sample(stride)
+
+
+class RowGrid:
+    """Block scores of ``step`` block rows at a time, computed when asked by ``score_rows(g0, g1)``.
+
+    ``score_rows`` returns ``(scores, extra)``: float32 ``[g1 - g0, grid cols]`` with pruned blocks set
+    to ``PRUNED`` (it may reuse scratch buffers between calls) and what the commit needs besides
+    (N:M: which weights of each group stay). ``sample(stride)`` returns every ``stride``-th block
+    score in flat order, or any other spread of block scores (the threshold searches only use the
+    sample to bracket the answer, then count exactly). ``known_pruned``: an int, a callable that
+    counts the elements of pruned blocks from the mask (called at most once), or ``None``.
+    """
+
+    def __init__(
+        self,
+        score_rows: Callable[[int, int], tuple[torch.Tensor, Any]],
+        sample: Callable[[int], torch.Tensor],
+        shape: tuple[int, int],
+        pattern: object,
+        device: torch.device,
+        step: int,
+        known_pruned: int | Callable[[], int] | None = None,
+    ) -> None:
+        self._score_rows, self._sample = score_rows, sample
+        self.shape = shape
+        self.blocks = shape[0] * shape[1]
+        self.pattern = pattern
+        self._device = device
+        self.step = max(1, step)
+        self.chunk_size = max(1, self.step * shape[1])
+        self._known = known_pruned
+
+    @property
+    def known_pruned(self) -> int | None:
+        if callable(self._known):
+            self._known = int(self._known())
+        return self._known
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def parts(self) -> Iterator[Part]:
+        rows = self.shape[0]
+        for g0 in range(0, rows, self.step):
+            g1 = min(g0 + self.step, rows)
+            scores, extra = self._score_rows(g0, g1)
+            yield g0, g1, scores, extra
+
+    def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for g0, _, scores, _ in self.parts():
+            yield g0 * self.shape[1], scores.reshape(-1)
+
+    def chunk(self, start: int) -> torch.Tensor:
+        g0 = start // self.shape[1]
+        return self._score_rows(g0, min(g0 + self.step, self.shape[0]))[0].reshape(-1)
+
+    def sample(self, stride: int) -> torch.Tensor:
+        return self._sample(stride)
+
+
+def row_ranges(rows: int, r: int, per: int) -> Iterator[tuple[int, int]]:
+    """Element row ranges ``[a, b)`` of at most ``per`` rows covering ``rows``, in order. When blocks are
+    taller than ``per`` (``r > per``) no range crosses a block-row boundary (a block row is then scored
+    in several ranges); otherwise ``per`` is a multiple of ``r``."""
+    if r <= per:
+        for a in range(0, rows, per):
+            yield a, min(a + per, rows)
+        return
+    for a0 in range(0, rows, r):
+        b0 = min(a0 + r, rows)
+        for a in range(a0, b0, per):
+            yield a, min(a + per, b0)
+
+
+def rows_view(t: torch.Tensor, kind: str) -> torch.Tensor:
+    """A view of ``t`` (a weight, its gradient or mask) whose rows, flattened in row-major order, are
+    the rows of the layer's 2-D view ``[out, in']`` (see :class:`~prunekit.pruner.selection.Layout`):
+    ``[out, in]`` for linear and transposed layouts, ``[out, *kernel, in]`` for convolutions. A range
+    of rows ``view[a:b]`` is then a view too: chunks are read and written in place, without a copy.
+    """
+    if kind == "linear":
+        return t
+    if kind == "transposed":
+        return t.t()
+    d = t.dim()
+    if kind == "conv":  # [O, I, *k] -> [O, *k, I]
+        return t.permute(0, *range(2, d), 1)
+    return t.permute(1, *range(2, d), 0)  # conv_transposed: [I, O, *k] -> [O, *k, I]
+
+
+def gather_2d(view: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """Entries ``(i, j)`` of the 2-D view of a :func:`rows_view` ``view`` (``i``, ``j`` int64 of one shape)."""
+    if view.dim() == 2:
+        return view[i, j]
+    return view[(i, *torch.unravel_index(j, tuple(view.shape[1:])))]
+
+
+#: multiplying 8 bytes that are 0 or 1 by this puts byte k's bit at bit 56 + k (no carries)
+_PACK = 0x0102040810204080
+
+
+def pack_bits(flags: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[ceil(n / 8)]``: bit ``k`` of byte ``i`` is ``flags[8 i + k]`` (``flags``: ``n`` int8/uint8/bool 0/1)."""
+    n = flags.numel()
+    flat = flags.reshape(-1).view(torch.uint8)
+    if n % 8:
+        flat = torch.cat([flat, flat.new_zeros(8 - n % 8)])
+    words = flat.contiguous().view(torch.int64)
+    return words.mul(_PACK).bitwise_right_shift_(56).bitwise_and_(0xFF).to(torch.uint8)
+
+
+def unpack_bits(bits: torch.Tensor, n: int) -> torch.Tensor:
+    """The int8 0/1 ``flags`` (``n`` of them) that :func:`pack_bits` packed into ``bits``."""
+    from prunekit.pruner.patterns import _spread_bits
+
+    words = torch.empty(bits.numel(), dtype=torch.int64, device=bits.device)
+    _spread_bits(bits, 8, out=words)
+    return words.view(torch.int8)[:n]
 
 
 def as_grid(grid: object, pattern: object) -> BlockGrid:

@@ -8,6 +8,7 @@ zeroes the gradients of the pruned weights.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator, Mapping
@@ -18,7 +19,19 @@ from prunekit.config import PrunerConfig
 from prunekit.errors import PruningError
 from prunekit.registry import CRITERIA, get_scheduler
 from prunekit.pruner.criteria import Criterion
-from prunekit.pruner.grids import BlockGrid, StreamGrid, TensorGrid
+from prunekit.pruner.grids import (
+    BlockGrid,
+    RowGrid,
+    StreamGrid,
+    TensorGrid,
+    _chunk_size,
+    event_chunk,
+    gather_2d,
+    pack_bits,
+    row_ranges,
+    rows_view,
+    unpack_bits,
+)
 from prunekit.pruner import masks as _masks
 from prunekit.pruner.masks import (
     apply_mask_,
@@ -32,11 +45,19 @@ from prunekit.pruner.masks import (
     zero_pruned_,
 )
 from prunekit.pruner.patterns import PRUNED, BlockPattern, NMPattern, make_pattern
-from prunekit.pruner.scope import element_budget, global_threshold, select_blocks
+from prunekit.pruner.scope import choose_blocks, element_budget, global_choice
 from prunekit.pruner.selection import Layer
 from prunekit.schedulers.base import PruningEvent, Scheduler
 
-__all__ = ["PruningRecord", "PrunerGroup"]
+__all__ = ["PruningRecord", "PrunerGroup", "GRID_SHARE", "FIXED_PER_CHUNK_ELEMENT"]
+
+#: an event materializes a layer's block-score grid (float32, plus which weights of an N:M group stay)
+#: only when the grid and the event's chunk-sized temporaries (about FIXED_PER_CHUNK_ELEMENT bytes per
+#: element of a chunk: scores, comparison flags, N:M rank words) take at most this share of the weight's
+#: bytes; other grids are recomputed in row chunks whenever they are read (see
+#: PrunerGroup._chunked_grid and docs/performance.md)
+GRID_SHARE = 0.45
+FIXED_PER_CHUNK_ELEMENT = 12
 
 
 @dataclass(frozen=True)
@@ -54,6 +75,35 @@ class PruningRecord:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Any) -> "PruningRecord":
+        """The record :meth:`as_dict` wrote; ``ValueError`` naming the first malformed field."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected a mapping, got {type(data).__name__}")
+        expected = {"step": int, "pruner": str, "index": int, "total": int, "target": float, "sparsity": float, "layers": dict}
+        unknown = sorted(str(k) for k in data if k not in expected)
+        if unknown:
+            raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for key, kind in expected.items():
+            if key not in data:
+                if key == "layers":
+                    continue
+                raise ValueError(f"field {key!r} is missing")
+            value = data[key]
+            if kind is float and _is_number(value):
+                value = float(value)
+            elif kind is dict and isinstance(value, Mapping) and all(isinstance(k, str) and _is_number(v) for k, v in value.items()):
+                value = {k: float(v) for k, v in value.items()}
+            elif kind is int and isinstance(value, int) and not isinstance(value, bool):
+                pass
+            elif kind is str and isinstance(value, str):
+                pass
+            else:
+                raise ValueError(f"field {key!r} must be {kind.__name__ if kind is not dict else 'a mapping of layer name to number'}, got {value!r:.60}")
+            values[key] = value
+        return cls(**values)
+
 
 class _MaskView(Mapping[str, torch.Tensor]):
     """``{layer name: kept mask}`` for schedulers, computed on access (most schedulers never look)."""
@@ -69,6 +119,16 @@ class _MaskView(Mapping[str, torch.Tensor]):
 
     def __len__(self) -> int:
         return len(self._masks)
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters (messages never echo a whole huge value)."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _distributed() -> bool:
@@ -113,6 +173,12 @@ class PrunerGroup:
                     f"gradients; use criterion: magnitude for frozen layers (a separate pruner group), or exclude "
                     f"the layer with excluded_op_names"
                 )
+            if getattr(layer.module, "sparse", False) is True and self.criterion.needs_grad:
+                raise PruningError(
+                    f"{where}: {type(layer.module).__name__}(sparse=True) produces sparse gradients, which criterion "
+                    f"{config.criterion!r} cannot score (a sparse gradient holds only the rows of one batch); use "
+                    f"criterion: magnitude for this layer (a separate pruner group), or build it with sparse=False"
+                )
             self.patterns[layer.name] = make_pattern(spec, layer.layout, where=where)
         #: int8 masks, -1 = kept, 0 = pruned (1 byte per weight; see prunekit.pruner.masks)
         self.mask8: dict[str, torch.Tensor] = {layer.name: new_mask(layer.weight) for layer in layers}
@@ -125,11 +191,36 @@ class PrunerGroup:
         self._last_event_step = self.scheduler.last_event_step  # events() builds a tuple: not per step
         #: optimizer step at which Adam/AdamW second moments of pruned weights were last floored (see masks)
         self._floored_at: int | None = None
+        #: the last optimizer step whose scores were accumulated (a retried step does not count twice)
+        self._accumulated_at: int | None = None
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
         """``{layer name: bool mask}``, True = kept (new tensors)."""
         return {name: kept_bool(mask) for name, mask in self.mask8.items()}
+
+    def check_layers(self) -> None:
+        """Raise :class:`PruningError` when a layer's weight is no longer the Parameter (and shape) the group prunes.
+
+        ``model.load_state_dict(sd, assign=True)`` or ``module.weight = nn.Parameter(...)`` replace the
+        Parameter; ``weight.data = other`` can change its shape. Masks and scores then no longer
+        describe the live weight, so nothing may be pruned, reported or saved from them.
+        """
+        for layer in self.layers:
+            live = layer.module._parameters.get("weight") if isinstance(layer.module, torch.nn.Module) else None
+            if live is not layer.weight:
+                raise PruningError(
+                    f"pruner {self.name!r}, layer {layer.name!r}: the module's weight is no longer the Parameter this "
+                    f"session prunes (replaced after the session was built, e.g. by model.load_state_dict(..., "
+                    f"assign=True) or module.weight = nn.Parameter(...)); load weights before building the Pruning "
+                    f"session and the optimizer, or load them with assign=False (copies into the same Parameters)"
+                )
+            if tuple(layer.weight.shape) != layer.layout.shape:
+                raise PruningError(
+                    f"pruner {self.name!r}, layer {layer.name!r}: the weight's shape changed from "
+                    f"{list(layer.layout.shape)} to {list(layer.weight.shape)} after the session was built; its masks "
+                    f"and scores no longer fit. Build a new Pruning session for the resized model"
+                )
 
     # ------------------------------------------------------------------ per step
     def in_window(self, step: int) -> bool:
@@ -161,6 +252,12 @@ class PrunerGroup:
         Between events this is one pass over the gradients (fused with the score accumulation of
         ``snip_momentum``); after the last event only the gradient masking runs. No host
         synchronisation outside events.
+
+        **Retries.** When optimizer step ``step`` did not happen (an exception inside
+        ``optimizer.step()``, or a failed event) the step runs again with the same number: its
+        scores are not accumulated twice and an event that completed is not run twice. A failed
+        event leaves the scheduler as it was (so the retry runs it) and every layer either untouched
+        or completely pruned by it (its mask and weight agree).
         """
         if step > self._last_event_step:
             if self.scores or self._buffers:
@@ -168,20 +265,30 @@ class PrunerGroup:
                 self._buffers.clear()
             self.mask_grads()
             return None
-        accumulate = self.criterion.accumulates and step >= self.scheduler.start_step
+        accumulate = self.criterion.accumulates and step >= self.scheduler.start_step and self._accumulated_at != step
         event = self.scheduler.event_at(step)
+        if event is not None and self.scheduler.last_step == step:
+            event = None  # this step's event completed, then the optimizer step failed: a retry
         if event is None:
             if accumulate:
                 self._accumulate(step, mask_grads=self.has_pruned)
+                self._accumulated_at = step
             else:
                 self.mask_grads()
             return None
         if accumulate:
             self._accumulate(step, mask_grads=False)
-        ratio = self.scheduler.step(step, self.config.target_sparsity, masks=_MaskView(self.mask8))
-        record = None
-        if ratio is not None:
-            record = self._prune(step, event, ratio, list(optimizers), _distributed() if sync is None else sync)
+            self._accumulated_at = step
+        saved = self.scheduler.state_dict()
+        try:
+            ratio = self.scheduler.step(step, self.config.target_sparsity, masks=_MaskView(self.mask8))
+            record = None
+            if ratio is not None:
+                record = self._prune(step, event, ratio, list(optimizers), _distributed() if sync is None else sync)
+        except BaseException:
+            self.scheduler.load_state_dict(saved)  # the event did not happen: the retry of this step runs it
+            self.has_pruned = self.has_pruned or any(int(torch.count_nonzero(m)) < m.numel() for m in self.mask8.values())
+            raise
         self.mask_grads()
         return record
 
@@ -207,12 +314,15 @@ class PrunerGroup:
             )
         return grad
 
-    def _chunk_rows(self, layer: Layer) -> int:
-        """Rows of the 2-D view per chunk: about ``_masks.CHUNK`` elements, a multiple of the block height."""
+    def _chunk_rows(self, layer: Layer, chunk: int | None = None) -> int:
+        """Rows of the 2-D view per chunk: about ``chunk`` elements (``_masks.CHUNK`` by default; events use
+        :func:`event_chunk`), a multiple of the block height, or fewer rows than a block has when a block
+        row is larger than a chunk (``channelx1``: a block is a whole column; such block rows are scored
+        in several chunks, see :class:`~prunekit.pruner.patterns.RowFold`)."""
         pattern = self.patterns[layer.name]
         r = _row_block(pattern)
-        cols = layer.layout.cols
-        return max(r, (_masks.CHUNK // max(cols, 1)) // r * r)
+        per = (chunk or _masks.CHUNK) // max(layer.layout.cols, 1)
+        return per // r * r if per >= r else max(1, per)
 
     def _streamable(self, layer: Layer, grad: torch.Tensor | None) -> bool:
         """True when chunks of the 2-D view are contiguous slices of the weight (and gradient)."""
@@ -236,111 +346,158 @@ class PrunerGroup:
 
     @torch.no_grad()
     def _accumulate(self, step: int, mask_grads: bool) -> None:
-        """Fold this step's block-reduced scores into ``self.scores`` (optionally masking the gradients in the same pass)."""
+        """Fold this step's block-reduced scores into ``self.scores`` (optionally masking the gradients in the same pass).
+
+        Row chunks of about ``_masks.CHUNK`` elements, for every layout; blocks taller than a chunk
+        (``channelx1``) are reduced chunk by chunk into their block row before it is accumulated.
+        """
         reduce = self.config.reduce
         for layer in self.layers:
             grad = self._grad(layer, step)
             pattern = self.patterns[layer.name]
             mask = self.mask8[layer.name]
+            device = layer.weight.device
             acc = self.scores.get(layer.name)
             if acc is None:
-                acc = self.scores[layer.name] = torch.zeros(_res_shape(pattern), dtype=torch.float32, device=layer.weight.device)
-            if not self._streamable(layer, grad):
-                if mask_grads:
-                    mask_grad_(layer.weight, mask)
-                fresh = self.criterion.score(layer.weight, grad, out=self._scratch(layer.weight.device, layer.numel).view(layer.weight.shape))
-                res = pattern.resolution(layer.layout.to_2d(fresh), reduce)
-                self.criterion.accumulate(acc, res)
-                continue
+                acc = self.scores[layer.name] = torch.zeros(_res_shape(pattern), dtype=torch.float32, device=device)
+            streamable = self._streamable(layer, grad)
+            if mask_grads and not streamable:
+                mask_grad_(layer.weight, mask)
             rows, cols = layer.layout.rows, layer.layout.cols
-            w2, g2, m2 = layer.weight.detach().view(rows, cols), grad.view(rows, cols), mask.view(rows, cols)
+            wv, gv = rows_view(layer.weight.detach(), layer.layout.kind), rows_view(grad, layer.layout.kind)
             per = self._chunk_rows(layer)
-            scratch = self._scratch(layer.weight.device, min(per, rows) * cols)
+            scratch = self._scratch(device, min(per, rows) * cols)
             blocks = isinstance(pattern, BlockPattern) and pattern.block_numel > 1
             r = _row_block(pattern)
+            tall = r > per
             if blocks:
-                reduced = self._scratch(layer.weight.device, -(-min(per, rows) // r) * pattern.grid_cols, "blocks")
-                chunk_patterns: dict[int, BlockPattern] = {}
+                reduced = self._scratch(device, (1 if tall else -(-min(per, rows) // r)) * pattern.grid_cols, "blocks")
+                fold = None
             # this loop runs every step: the gradient masking goes straight to the widening AND when it can
             int_dtype = _masks.INT_OF_SIZE.get(grad.element_size())
-            fast_mask = mask_grads and grad.device.type == "cpu" and grad.is_floating_point() and int_dtype is not None and per * cols <= _masks.CHUNK
+            fast_mask = (
+                mask_grads and streamable and grad.device.type == "cpu" and grad.is_floating_point()
+                and int_dtype is not None and per * cols <= _masks.CHUNK
+            )
             if fast_mask:
                 g_bits, m_flat = grad.view(int_dtype).view(-1), mask.view(-1)
                 widened = _masks.widen_buffer(grad.device, int_dtype)
-            for a in range(0, rows, per):
-                b = min(a + per, rows)
+            for a, b in row_ranges(rows, r, per):
                 if fast_mask:
                     _masks.and_widened_(g_bits[a * cols : b * cols], m_flat[a * cols : b * cols], widened)
-                elif mask_grads:
-                    zero_pruned_(g2[a:b], m2[a:b])
-                s = self.criterion.score(w2[a:b], g2[a:b], out=scratch[: (b - a) * cols].view(b - a, cols))
-                if blocks:
+                elif mask_grads and streamable:
+                    zero_pruned_(gv[a:b], mask[a:b])
+                wa = wv[a:b]
+                out = scratch[: (b - a) * cols].view(wa.shape)
+                s = self.criterion.score(wa, gv[a:b], out=out).reshape(b - a, cols)
+                if blocks and not tall:
                     target = acc[a // r : -(-b // r)]
-                    chunk = chunk_patterns.get(b - a)
-                    if chunk is None:
-                        chunk = chunk_patterns[b - a] = BlockPattern(b - a, cols, pattern.r, pattern.c)
-                    res = chunk.resolution(s, reduce, out=reduced[: target.numel()].view(target.shape))
+                    res = pattern.rows_pattern(b - a).resolution(s, reduce, out=reduced[: target.numel()].view(target.shape))
                     self.criterion.accumulate(target, res)
+                elif blocks:  # a part of one block row taller than a chunk
+                    a0 = a // r * r
+                    if a == a0:
+                        fold = pattern.fold(min(a0 + r, rows) - a0, reduce)
+                    fold.add(s)
+                    if b == min(a0 + r, rows):
+                        row = reduced[: pattern.grid_cols].view(1, -1)
+                        fold.finish(row)
+                        self.criterion.accumulate(acc[a // r : a // r + 1], row)
                 else:
                     self.criterion.accumulate(acc[a:b], s)
 
     # ------------------------------------------------------------------ events
     @torch.no_grad()
-    def _grid(self, layer: Layer, step: int, ordered: bool = True) -> BlockGrid:
+    def _grid(self, layer: Layer, step: int, ordered: bool = True, checked: bool = False) -> BlockGrid:
         """The layer's block-score grid; ``ordered=False``: every block goes at this event, so N:M
-        patterns skip the group scores (see :meth:`NMPattern.grid_rows_from`)."""
+        patterns skip the group scores (see :meth:`NMPattern.grid_rows_from`). ``checked``: the
+        scores are known to be finite (:meth:`_check_finite`); otherwise the grid is scanned.
+
+        ``1x1`` scores are computed chunk by chunk whenever they are read (:class:`StreamGrid`);
+        other patterns are scored in row chunks (:meth:`_chunked_grid`), into a grid when it is small
+        next to the weight, else again whenever they are read (:class:`RowGrid`).
+        """
         pattern = self.patterns[layer.name]
-        reduce = self.config.reduce
-        mask = self.mask8[layer.name]
-        mask2d = layer.layout.to_2d(mask)
         grad = None if not self.criterion.needs_grad else self._grad(layer, step)
-        if self.criterion.accumulates:
-            res = self.scores.get(layer.name)
-            if res is None:
-                raise PruningError(f"pruner {self.name!r}, layer {layer.name!r}: no accumulated scores at step {step}")
-        streamable = self._streamable(layer, grad)
-        if isinstance(pattern, BlockPattern) and pattern.block_numel == 1 and streamable:
+        acc = self._accumulated(layer, step) if self.criterion.accumulates else None
+        if isinstance(pattern, NMPattern):  # the largest element score (for _grid_finite): only when unchecked
+            pattern.score_peak = None if checked else torch.zeros((), dtype=torch.float32, device=layer.weight.device)
+        if isinstance(pattern, BlockPattern) and pattern.block_numel == 1 and self._streamable(layer, grad):
             grid: BlockGrid = self._stream_grid(layer, pattern, grad)
-        elif self.criterion.accumulates:
-            grid = TensorGrid(self._pattern_grid(pattern, res, mask2d, owned=False, ordered=ordered), pattern)
-        elif streamable:
-            grid = TensorGrid(self._chunked_grid(layer, pattern, grad, mask2d, ordered), pattern)
         else:
-            score = self.criterion.score(layer.weight, grad)
-            res = pattern.resolution(layer.layout.to_2d(score), reduce)
-            grid = TensorGrid(self._pattern_grid(pattern, res, mask2d, owned=True, ordered=ordered), pattern)
-        if not self._finite(layer, grid, grad):
-            source = "weights" if not self.criterion.needs_grad else "weights or gradients"
-            raise PruningError(
-                f"pruner {self.name!r}, layer {layer.name!r}: {self.criterion.name} scores at optimizer step {step} are "
-                f"not finite (NaN/inf in the {source}); fix the divergence (lower the learning rate, clip gradients, "
-                f"use a GradScaler) before pruning"
-            )
+            grid = self._chunked_grid(layer, pattern, grad, acc, ordered)
+        if not checked:
+            if isinstance(pattern, NMPattern) and isinstance(grid, RowGrid):
+                for _ in grid.chunks():  # a pass that sets score_peak
+                    pass
+            if not self._grid_finite(layer, grid):
+                raise PruningError(
+                    f"pruner {self.name!r}, layer {layer.name!r}: {self.criterion.name} scores at optimizer step {step} are "
+                    f"not finite; criterion {self.criterion.name!r} produced NaN/inf from finite weights"
+                    f"{' and gradients' if self.criterion.needs_grad else ''}: make its score() return finite values"
+                )
         return grid
 
-    def _pattern_grid(self, pattern: BlockPattern | NMPattern, res: torch.Tensor, mask2d: torch.Tensor, owned: bool, ordered: bool) -> torch.Tensor:
-        """``pattern.grid`` of the resolution scores ``res`` (``ordered`` only matters to N:M)."""
-        if isinstance(pattern, NMPattern):
-            return pattern.grid(res, mask2d, self.config.reduce, owned=owned, ordered=ordered)
-        return pattern.grid(res, mask2d, self.config.reduce, owned=owned)
+    def _accumulated(self, layer: Layer, step: int) -> torch.Tensor:
+        res = self.scores.get(layer.name)
+        if res is None:
+            raise PruningError(
+                f"pruner {self.name!r}, layer {layer.name!r}: no accumulated {self.criterion.name} scores at optimizer "
+                f"step {step}; the scores are gathered from start_step on, one backward pass per optimizer step"
+            )
+        return res
 
-    def _finite(self, layer: Layer, grid: BlockGrid, grad: torch.Tensor | None) -> bool:
-        """True when every score of ``grid`` is finite (one host read).
+    @torch.no_grad()
+    def _check_finite(self, step: int) -> bool:
+        """Raise :class:`PruningError` naming the first layer whose weights, gradients or accumulated
+        scores hold NaN/inf; before any mask of the event changes, so a refused event changes nothing.
 
-        A streamed grid is checked on what its scores are computed from (one min/max reduction per
-        tensor, see :meth:`Criterion.inputs`) rather than by computing every score once more; an
-        N:M grid on the largest element score its pattern saw (a group score reduces only the N
-        lowest, so it misses a non-finite score of a weight that stays).
+        One rule for every criterion: non-finite weights are an error (never pruned silently).
+        Costs one min/max reduction per tensor and one host read per device. Returns True when this
+        proves every score of the event finite (the criterion declares its inputs, see
+        :meth:`Criterion.inputs`, or accumulates scores); False leaves the scores to be scanned.
+        """
+        proven = True
+        checks: list[tuple[Layer, str, torch.Tensor]] = []
+        for layer in self.layers:
+            weight = layer.weight.detach()
+            if weight.numel() == 0:
+                continue
+            checks.append((layer, "weights", weight))
+            grad = self._grad(layer, step) if self.criterion.needs_grad else None
+            if self.criterion.accumulates:
+                checks.append((layer, f"accumulated {self.criterion.name} scores", self._accumulated(layer, step)))
+                continue
+            inputs = self.criterion.inputs(weight, grad)
+            if inputs is None:
+                proven = False
+                continue
+            checks.extend((layer, "gradients", t) for t in inputs if t is not weight and t is not layer.weight)
+        by_device: dict[torch.device, list[int]] = {}
+        for i, (_, _, t) in enumerate(checks):
+            by_device.setdefault(t.device, []).append(i)
+        failed: list[int] = []
+        for indices in by_device.values():
+            extremes = torch.stack([torch.stack(torch.aminmax(checks[i][2])).float() for i in indices])
+            failed += [i for i, ok in zip(indices, torch.isfinite(extremes).all(1).tolist()) if not ok]
+        if failed:  # NaN weights make NaN gradients in other layers: name a layer whose weights are the cause
+            layer, what, _ = checks[min(failed, key=lambda i: (checks[i][1] != "weights", i))]
+            raise PruningError(
+                f"pruner {self.name!r}, layer {layer.name!r}: the {what} are not finite (NaN/inf) at optimizer "
+                f"step {step}, so no pruning decision can be made (nothing was pruned at this event); fix "
+                f"the divergence (lower the learning rate, clip gradients, use a GradScaler) or the NaN "
+                f"weights that were loaded, then train on"
+            )
+        return proven
+
+    def _grid_finite(self, layer: Layer, grid: BlockGrid) -> bool:
+        """True when every score of ``grid`` is finite (one host read); for criteria that do not
+        declare their inputs. An N:M grid is judged by the largest element score its pattern saw
+        (a group score reduces only the N lowest, so it misses a non-finite score of a weight that stays).
         """
         pattern = self.patterns[layer.name]
         if isinstance(pattern, NMPattern) and pattern.score_peak is not None:
             return bool(torch.isfinite(pattern.score_peak))
-        inputs = None
-        if isinstance(grid, StreamGrid):
-            inputs = (self.scores[layer.name],) if self.criterion.accumulates else self.criterion.inputs(layer.weight.detach(), grad)
-        if inputs is not None:
-            extremes = torch.stack([torch.stack(torch.aminmax(t)).float() for t in inputs])
-            return bool(torch.isfinite(extremes).all())
         # scores are >= 0 or PRUNED: the maximum is NaN or inf exactly when some score is
         return bool(torch.isfinite(torch.stack([c.max() for _, c in grid.chunks() if c.numel()]).max()))
 
@@ -350,7 +507,8 @@ class PrunerGroup:
         g = grad.view(-1) if grad is not None else None
         m = self.mask8[layer.name].view(-1)
         acc = self.scores[layer.name].view(-1) if self.criterion.accumulates else None
-        scratch = self._scratch(w.device, min(_masks.CHUNK, w.numel()))
+        size = event_chunk(w.numel())
+        scratch = self._scratch(w.device, min(size, w.numel()))
         criterion = self.criterion
 
         def score(start: int, stop: int) -> torch.Tensor:
@@ -368,42 +526,178 @@ class PrunerGroup:
                 s = criterion.score(w[::stride], None if g is None else g[::stride])
             return s.masked_fill_(m[::stride] == 0, PRUNED)
 
-        grid = StreamGrid(score, sample, (pattern.rows, pattern.cols), pattern, w.device)
+        grid = StreamGrid(score, sample, (pattern.rows, pattern.cols), pattern, w.device, chunk=size)
         grid.known_pruned = m.numel() - int(torch.count_nonzero(m))  # = the scores marked PRUNED, without a pass
         return grid
 
     def _chunked_grid(
-        self, layer: Layer, pattern: BlockPattern | NMPattern, grad: torch.Tensor | None, mask2d: torch.Tensor, ordered: bool = True
-    ) -> torch.Tensor:
-        """The block grid of a non-accumulating criterion, scored in row chunks (chunk-sized temporaries)."""
+        self, layer: Layer, pattern: BlockPattern | NMPattern, grad: torch.Tensor | None, acc: torch.Tensor | None, ordered: bool = True
+    ) -> BlockGrid:
+        """The block grid scored in row chunks (chunk-sized temporaries), from the weight (and gradient)
+        or the accumulated scores ``acc``, for every layout (chunks are views, see :func:`rows_view`).
+
+        Materialized (a :class:`TensorGrid`) when its float32 scores (and, for N:M, which weights of a
+        group stay) and the event's chunk-sized temporaries (:data:`FIXED_PER_CHUNK_ELEMENT` bytes per
+        chunk element) take at most :data:`GRID_SHARE` of the weight's bytes: on large layers blocks
+        of 4 or more weights on 32-bit weights, of 8 or more on 16-bit ones, and tall blocks
+        (``channelx1``: one score per column, reduced over row chunks). Otherwise each read
+        recomputes the scores of a range of block rows (a :class:`RowGrid`: ``1x2``, ``1:2``, or
+        ``4x1`` and ``2:4`` on 16-bit weights); an N:M grid that a threshold search reads more than
+        once keeps which weights of each group stay (one byte per group) from its first read, so
+        later reads only sum the N lowest. Accumulated block scores are read in place (copied a
+        chunk at a time to mark the pruned blocks).
+        """
         reduce = self.config.reduce
         rows, cols = layer.layout.rows, layer.layout.cols
-        w2 = layer.weight.detach().view(rows, cols)
-        g2 = grad.view(rows, cols) if grad is not None else None
-        per = self._chunk_rows(layer)
-        scratch = self._scratch(w2.device, min(per, rows) * cols)
+        kind = layer.layout.kind
+        device = layer.weight.device
+        criterion = self.criterion
+        wv = rows_view(layer.weight.detach(), kind)
+        gv = rows_view(grad, kind) if grad is not None and acc is None else None
+        mask = self.mask8[layer.name]
+        mv = rows_view(mask, kind)
+        any_pruned = int(torch.count_nonzero(mask)) < mask.numel()
+        size = event_chunk(layer.numel)
+        per = self._chunk_rows(layer, size)
+        scratch = self._scratch(device, min(per, rows) * cols)
+        nm = isinstance(pattern, NMPattern)
+        r = 1 if nm else pattern.r
+        tall = r > per
+        step = 1 if tall else per // r  # block rows per part
+        gr, gc = (rows, pattern.groups) if nm else (pattern.grid_rows, pattern.grid_cols)
+        block_acc = acc is not None and not nm  # accumulated scores at block resolution: the grid itself
 
         def scores(a: int, b: int) -> torch.Tensor:
-            out = scratch[: (b - a) * cols].view(b - a, cols)
-            return self.criterion.score(w2[a:b], None if g2 is None else g2[a:b], out=out)
+            """float32 element scores of rows ``a:b``, ``[b - a, cols]`` (in the scratch buffer)."""
+            out = scratch[: (b - a) * cols]
+            if acc is not None:
+                return out.view(b - a, cols).copy_(acc[a:b])
+            wa = wv[a:b]
+            out = out.view(wa.shape)
+            got = criterion.score(wa, None if gv is None else gv[a:b], out=out)
+            if got is not out:  # a criterion that ignores `out`
+                out.copy_(got.reshape(out.shape))
+            return out.view(b - a, cols)
 
-        if isinstance(pattern, NMPattern):
-            return pattern.grid_rows_from(scores, mask2d, reduce, per, owned=True, ordered=ordered)
-        grid = torch.empty(pattern.grid_rows, pattern.grid_cols, dtype=torch.float32, device=w2.device)
-        r = pattern.r
-        for a in range(0, rows, per):
-            b = min(a + per, rows)
-            grid[a // r : -(-b // r)] = BlockPattern(b - a, cols, pattern.r, pattern.c).resolution(scores(a, b), reduce)
-        return grid.masked_fill_(pattern.pruned_blocks(mask2d), PRUNED)
+        def mask_rows(a: int, b: int, stride: int = 1) -> torch.Tensor:
+            return mv[a:b:stride].reshape(-(-(b - a) // stride), cols)
+
+        def block_rows(g0: int, g1: int, dest: torch.Tensor) -> torch.Tensor:
+            a, b = g0 * r, min(g1 * r, rows)
+            if block_acc:
+                dest.copy_(acc[g0:g1])
+            elif not tall:
+                res = pattern.rows_pattern(b - a).resolution(scores(a, b), reduce, out=dest)
+                if res is not dest:  # 1x1: the scores themselves
+                    dest.copy_(res)
+            else:  # one block row, taller than a chunk: the same scores, folded chunk by chunk
+                fold = pattern.fold(b - a, reduce)
+                for s, e in row_ranges(b - a, r, per):
+                    fold.add(scores(a + s, a + e))
+                fold.finish(dest)
+            if any_pruned:
+                dest.masked_fill_(pattern.pruned_rows(mask_rows(a, b, r)), PRUNED)
+            return dest
+
+        def group_rows(g0: int, g1: int, dest: torch.Tensor, stay: torch.Tensor, known: bool = False) -> torch.Tensor:
+            pattern.choose_rows(scores(g0, g1), mask_rows(g0, g1).contiguous(), reduce, ordered, dest, stay, any_pruned, known)
+            return dest
+
+        def count_pruned() -> int:
+            """Elements in blocks scored PRUNED, from the mask (a strided read for blocks)."""
+            if not any_pruned:
+                return 0
+            total = torch.zeros((), dtype=torch.int64, device=device)
+            for g0 in range(0, gr, step):
+                g1 = min(g0 + step, gr)
+                if nm:
+                    total += torch.count_nonzero(pattern.pruned_groups(mask_rows(g0, g1).contiguous())) * pattern.n
+                else:
+                    a, b = g0 * r, min(g1 * r, rows)
+                    total += pattern.rows_pattern(b - a).count(pattern.pruned_rows(mask_rows(a, b, r)))
+            return int(total)
+
+        wbytes = layer.numel * layer.weight.element_size()
+        gbytes = 4 * gr * gc + (pattern.new_stay(0, device).element_size() * gr * gc * (1 if pattern.m in (2, 4, 8) else pattern.n) if nm else 0)
+        # (an N:M grid of an event that prunes every group is read once, by the commit: never held)
+        if not block_acc and (ordered or not nm) and gbytes + FIXED_PER_CHUNK_ELEMENT * size <= GRID_SHARE * wbytes:
+            grid = torch.empty(gr, gc, dtype=torch.float32, device=device)
+            stay = pattern.new_stay(gr, device) if nm else None
+            for g0 in range(0, gr, step):
+                g1 = min(g0 + step, gr)
+                if nm:
+                    group_rows(g0, g1, grid[g0:g1], stay[g0:g1])
+                else:
+                    block_rows(g0, g1, grid[g0:g1])
+            # the searches scan the grid in chunks of as many blocks as a chunk has weights / block size
+            scan = max(1, size // (pattern.n if nm else pattern.block_numel))
+            tensor_grid = TensorGrid(grid, pattern, step=step, extra=stay, chunk=scan)
+            tensor_grid.known_pruned = None if any_pruned else 0
+            return tensor_grid
+
+        dest_buf = self._scratch(device, step * gc, "blocks")
+        stay_buf = pattern.new_stay(step, device) if nm else None
+        # N:M read more than once (a threshold search): which weights of each group stay is kept from the
+        # first read (one byte per group), so later reads sum the N lowest without ranking them again
+        stay_bytes = pattern.new_stay(0, device).element_size() * gr * gc if nm else 0
+        ranked: list[bool] | None = None
+        if nm and ordered and pattern.m in (2, 4, 8) and stay_bytes + FIXED_PER_CHUNK_ELEMENT * size <= GRID_SHARE * wbytes:
+            stay_buf = pattern.new_stay(gr, device)
+            ranked = [False] * -(-gr // step)
+
+        def score_rows(g0: int, g1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            dest = dest_buf[: (g1 - g0) * gc].view(g1 - g0, gc)
+            if not nm:
+                return block_rows(g0, g1, dest), None
+            if ranked is None:
+                return group_rows(g0, g1, dest, stay_buf[: g1 - g0]), stay_buf[: g1 - g0]
+            known, ranked[g0 // step] = ranked[g0 // step], True
+            return group_rows(g0, g1, dest, stay_buf[g0:g1], known), stay_buf[g0:g1]
+
+        def sample_at(idx: torch.Tensor) -> torch.Tensor:
+            """Scores of the blocks at flat indices ``idx`` (blocks of more than 4x4 weights: of their first 4x4)."""
+            gi, gj = idx // gc, idx % gc
+            if block_acc:
+                values = acc.reshape(-1)[idx]
+            elif nm:
+                j = gj[:, None] * pattern.m + torch.arange(pattern.m, device=device)
+                i = gi[:, None].expand_as(j)
+                got = acc[i, j] if acc is not None else criterion.score(gather_2d(wv, i, j), None if gv is None else gather_2d(gv, i, j))
+                pruned = gather_2d(mv, i, j) == 0
+                low = got.float().masked_fill(pruned, PRUNED).sort(dim=-1).values[:, : pattern.n]  # the N lowest
+                values = low.amax(-1) if reduce == "max" else low.sum(-1) / (pattern.n if reduce == "mean" else 1)
+                values.masked_fill_(pruned.any(-1), PRUNED)
+            else:
+                dr = torch.arange(min(r, 4), device=device)
+                dc = torch.arange(min(pattern.c, 4), device=device)
+                i = ((gi * r)[:, None, None] + dr[None, :, None]).clamp_(max=rows - 1)
+                j = ((gj * pattern.c)[:, None, None] + dc[None, None, :]).clamp_(max=cols - 1)
+                i, j = torch.broadcast_tensors(i, j)
+                elem = criterion.score(gather_2d(wv, i, j), None if gv is None else gather_2d(gv, i, j)).float()
+                flat = elem.reshape(elem.shape[0], -1)
+                values = flat.amax(1) if reduce == "max" else flat.mean(1) * (1 if reduce == "mean" else r * pattern.c)
+            if any_pruned and not nm:
+                values = values.masked_fill(gather_2d(mv, gi * r, gj * pattern.c) == 0, PRUNED)
+            return values
+
+        def sample(stride: int) -> torch.Tensor:
+            """Scores of every ``stride``-th block (flat order), gathered from the weights in pieces
+            (a guide for the threshold search, which then counts exactly)."""
+            piece = 4096 * stride
+            parts = [sample_at(torch.arange(a, min(a + piece, gr * gc), stride, device=device)) for a in range(0, gr * gc, piece)]
+            return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float32, device=device)
+
+        return RowGrid(score_rows, sample, (gr, gc), pattern, device, step, known_pruned=count_pruned)
 
     @torch.no_grad()
     def _prune(self, step: int, event: PruningEvent, ratio: float, optimizers: list[torch.optim.Optimizer], sync: bool) -> PruningRecord:
         cfg = self.config
+        checked = self._check_finite(step)  # before any mask changes
         if cfg.scope == "local":
             for layer in self.layers:
                 high = math.floor(cfg.max_sparsity_per_op * layer.numel + 1e-9)
                 budget = element_budget(ratio, layer.numel)
-                grid = self._grid(layer, step, ordered=min(budget, high) < self._prunable(layer))
+                grid = self._grid(layer, step, ordered=min(budget, high) < self._prunable(layer), checked=checked)
                 self._set_mask(layer, grid, budget, optimizers, sync, high=high)
                 del grid
         else:
@@ -413,16 +707,18 @@ class PrunerGroup:
             high = [math.floor(cfg.max_sparsity_per_op * n + 1e-9) for n in numels]
             prunable = [self._prunable(layer) for layer in self.layers]
             every = total >= sum(prunable) and all(h >= p for h, p in zip(high, prunable))
-            grids = [self._grid(layer, step, ordered=not every) for layer in self.layers]
-            budgets, threshold = global_threshold(grids, [self.patterns[l.name] for l in self.layers], total, low, high)
-            for layer, grid, budget, lo, hi in zip(self.layers, grids, budgets, low, high):
-                self._set_mask(layer, grid, budget, optimizers, sync, low=lo, high=hi, hint=threshold)
+            grids = [self._grid(layer, step, ordered=not every, checked=checked) for layer in self.layers]
+            budgets, threshold, counts = global_choice(grids, [self.patterns[l.name] for l in self.layers], total, low, high)
+            for i, (layer, grid, budget, lo, hi) in enumerate(zip(self.layers, grids, budgets, low, high)):
+                hint_counts = None if counts is None else counts[i]
+                self._set_mask(layer, grid, budget, optimizers, sync, low=lo, high=hi, hint=threshold, hint_counts=hint_counts)
+                grids[i] = None  # type: ignore[call-overload]  # its scores are not needed any more
             del grids
         self.ratio = ratio
         kept = torch.stack([torch.count_nonzero(m) for m in self.mask8.values()]).tolist()
-        counts = {name: m.numel() - int(k) for (name, m), k in zip(self.mask8.items(), kept)}
-        layer_sparsity = {name: counts[name] / m.numel() for name, m in self.mask8.items()}
-        pruned = sum(counts.values())
+        counts_pruned = {name: m.numel() - int(k) for (name, m), k in zip(self.mask8.items(), kept)}
+        layer_sparsity = {name: counts_pruned[name] / m.numel() for name, m in self.mask8.items()}
+        pruned = sum(counts_pruned.values())
         total_numel = sum(m.numel() for m in self.mask8.values())
         self.has_pruned = self.has_pruned or pruned > 0
         return PruningRecord(step, self.name, event.index, event.total, ratio, pruned / total_numel, layer_sparsity)
@@ -444,17 +740,67 @@ class PrunerGroup:
         low: int = 0,
         high: int | None = None,
         hint: float | None = None,
+        hint_counts: tuple[int, int] | None = None,
     ) -> None:
+        """Choose the layer's blocks (:func:`choose_blocks`) and commit the choice into its int8 mask part by
+        part (a range of block rows at a time: chunk-sized temporaries, never a keep mask of the layer's
+        size); then zero the pruned weights and optimizer state. Pruned weights never come back (the
+        new mask is ANDed into the old one).
+
+        ``sync``: rank 0's choice wins, so every rank ends the event with identical masks: the keep of
+        every part (its blocks; for N:M its weights, since which N of a group go is part of the choice)
+        is packed into bits, 1 per block or weight, and broadcast from rank 0 *before* anything is
+        committed, so a failed broadcast leaves the layer's mask and weight as they were.
+        """
         pattern = self.patterns[layer.name]
-        keep = layer.layout.from_2d(pattern.expand(select_blocks(grid, pattern, budget, low, high, hint)))
-        keep8 = keep.contiguous().view(torch.int8)  # 0/1; fresh tensor
+        choice = choose_blocks(grid, pattern, budget, low, high, hint, hint_counts)
         mask = self.mask8[layer.name]
-        mask.bitwise_and_(keep8.neg_())  # pruned weights never come back
-        del keep, keep8
-        if sync:  # rank 0's masks win, so every rank ends the event with identical masks
+        mv = rows_view(mask, layer.layout.kind)
+        rows = layer.layout.rows
+        per = self._chunk_rows(layer, event_chunk(layer.numel))
+        flat = isinstance(grid, StreamGrid)  # 1x1 on a contiguous 2-D view: parts are flat element ranges
+        nm = isinstance(pattern, NMPattern)
+        r = 1 if nm or flat else pattern.r
+        gc = grid.shape[1]
+        buf = torch.empty(max(_chunk_size(grid), getattr(grid, "step", 0) * gc), dtype=torch.int8, device=mask.device)
+
+        def decide(start: int, stop: int, scores: torch.Tensor, extra: Any) -> torch.Tensor:
+            """int8 0/1 keep of a part: its weights (flat ranges, N:M) or blocks."""
+            offset = start if flat else start * gc
+            keep = choice.keep(offset, scores, out=buf[: scores.numel()].view(scores.shape))
+            return pattern.element_keep(keep, extra) if nm else keep
+
+        def commit(start: int, stop: int, keep: torch.Tensor) -> None:
+            if flat:
+                mask.view(-1)[start:stop].bitwise_and_(keep.neg_())
+            elif nm:
+                pattern.and_keep_(mv[start:stop], keep)
+            else:
+                keep.neg_()
+                a, b = start * r, min(stop * r, rows)
+                for s, e in row_ranges(b - a, r, per) if r > per else ((0, b - a),):
+                    pattern.and_keep_(mv[a + s : a + e], keep)
+
+        if sync:
             import torch.distributed as dist
 
-            dist.broadcast(mask, src=0)
+            spans, packed = [], []
+            for start, stop, scores, extra in grid.parts():
+                keep = decide(start, stop, scores, extra)
+                spans.append((start, stop, keep.shape))
+                packed.append(pack_bits(keep))
+            bits = torch.cat(packed) if packed else torch.empty(0, dtype=torch.uint8, device=mask.device)
+            del packed
+            dist.broadcast(bits, src=0)  # before the commit: a failed broadcast leaves the layer as it was
+            offset = 0
+            for start, stop, shape in spans:
+                n = math.prod(shape)
+                commit(start, stop, unpack_bits(bits[offset : offset + -(-n // 8)], n).view(shape))
+                offset += -(-n // 8)
+            del bits
+        else:
+            for start, stop, scores, extra in grid.parts():
+                commit(start, stop, decide(start, stop, scores, extra))
         apply_mask_(layer.weight, mask)
         mask_optimizer_state_(optimizers, layer.weight, mask)
         self._floored_at = None  # new pruned entries: floor their second moments after this event
@@ -470,29 +816,90 @@ class PrunerGroup:
             "scores": {name: score.clone() for name, score in self.scores.items()},
         }
 
+    def check_state(self, state: Any, where: str) -> list[str]:
+        """Every reason :meth:`load_state_dict` would refuse ``state`` (empty: it loads), without changing anything.
+
+        ``where`` prefixes each message (the key path of the group inside the session state).
+        """
+        if not isinstance(state, Mapping):
+            return [f"{where}: expected a mapping, got {type(state).__name__}"]
+        problems: list[str] = []
+        missing = [k for k in ("layers", "scheduler", "ratio", "masks", "scores") if k not in state]
+        if missing:
+            return [f"{where}: missing key(s) {', '.join(missing)}"]
+        names = [layer.name for layer in self.layers]
+        saved_layers = state["layers"]
+        if not isinstance(saved_layers, (list, tuple)) or list(saved_layers) != names:
+            problems.append(
+                f"{where}.layers: the saved state has layers {_short(saved_layers)} but the model selects {_short(names)}; "
+                f"load the state into the same model architecture and config"
+            )
+        ratio = state["ratio"]
+        if not _is_number(ratio) or not 0.0 <= float(ratio) <= 1.0:
+            problems.append(f"{where}.ratio: expected a number within [0, 1], got {_short(ratio)}")
+        problems += self._check_tensors(state["masks"], f"{where}.masks", "mask")
+        problems += self._check_tensors(state["scores"], f"{where}.scores", "scores")
+        try:
+            copy.deepcopy(self.scheduler).load_state_dict(state["scheduler"])
+        except Exception as err:  # noqa: BLE001 - any refusal of the scheduler is reported, nothing changes
+            problems.append(f"{where}.scheduler: {type(err).__name__}: {_short(str(err), 300)}")
+        return problems
+
+    def _check_tensors(self, saved: Any, where: str, kind: str) -> list[str]:
+        """Problems of the saved masks (``kind='mask'``: one bool tensor of the weight's shape per layer)
+        or scores (float tensors at the pattern's score resolution, only for accumulating criteria)."""
+        if not isinstance(saved, Mapping):
+            return [f"{where}: expected a mapping of layer name to tensor, got {type(saved).__name__}"]
+        layers = {layer.name: layer for layer in self.layers}
+        problems = [f"{where}[{name!r}]: no such layer in pruner {self.name!r}" for name in saved if name not in layers]
+        if kind == "scores" and saved and not self.criterion.accumulates:
+            problems.append(f"{where}: criterion {self.criterion.name!r} keeps no scores between events; the state is of another config")
+            return problems
+        for name, layer in layers.items():
+            tensor = saved.get(name)
+            if tensor is None:
+                if kind == "mask":
+                    problems.append(f"{where}[{name!r}]: missing")
+                continue
+            if kind == "mask":
+                shape, ok_dtype, what = tuple(layer.weight.shape), tensor.dtype == torch.bool if isinstance(tensor, torch.Tensor) else False, "a bool tensor"
+            else:
+                shape, what = _res_shape(self.patterns[name]), "a floating tensor"
+                ok_dtype = isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+            if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
+                problems.append(f"{where}[{name!r}]: expected {what}, got {type(tensor).__name__}")
+            elif not ok_dtype:
+                problems.append(f"{where}[{name!r}]: expected {what}, got dtype {tensor.dtype}")
+            elif tuple(tensor.shape) != shape:
+                problems.append(f"{where}[{name!r}]: shape {list(tensor.shape)} does not fit layer {name!r} (expected {list(shape)})")
+            elif kind == "scores" and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+                problems.append(f"{where}[{name!r}]: holds NaN/inf")
+        return problems
+
     @torch.no_grad()
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the masks are applied to the weights again."""
-        names = [layer.name for layer in self.layers]
-        if list(state["layers"]) != names:
-            raise PruningError(
-                f"pruner {self.name!r}: the saved state has layers {list(state['layers'])} but the model selects "
-                f"{names}; load the state into the same model architecture and config"
-            )
-        for layer in self.layers:
-            saved = state["masks"][layer.name]
-            if tuple(saved.shape) != tuple(layer.weight.shape):
-                raise PruningError(
-                    f"pruner {self.name!r}, layer {layer.name!r}: saved mask shape {list(saved.shape)} differs from the "
-                    f"weight shape {list(layer.weight.shape)}"
-                )
+        """Restore :meth:`state_dict`; the masks are applied to the weights again.
+
+        The whole state is checked first (:meth:`check_state`): a refused state raises
+        :class:`PruningError` listing every problem and changes nothing.
+        """
+        problems = self.check_state(state, f"pruner {self.name!r}")
+        if problems:
+            raise PruningError("the pruning state cannot be loaded (nothing was changed):\n  " + "\n  ".join(problems))
+        self.apply_state(state)
+
+    @torch.no_grad()
+    def apply_state(self, state: Mapping[str, Any]) -> None:
+        """Restore a state :meth:`check_state` accepted (no checks; nothing here can refuse it)."""
         self.scheduler.load_state_dict(state["scheduler"])
         self.ratio = float(state["ratio"])
         for layer in self.layers:
             mask = self.mask8[layer.name]
-            mask.copy_(state["masks"][layer.name].to(device=mask.device, dtype=torch.bool)).neg_()  # 1 -> -1 = kept
+            mask.copy_(state["masks"][layer.name]).neg_()  # True -> 1 -> -1 = kept
         self.scores = {
             name: score.to(device=self.mask8[name].device, dtype=torch.float32, copy=True) for name, score in state["scores"].items()
         }
+        self._accumulated_at = None
+        self._floored_at = None
         self.has_pruned = any(int(torch.count_nonzero(m)) < m.numel() for m in self.mask8.values())
         self.reapply()

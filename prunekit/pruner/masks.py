@@ -169,10 +169,17 @@ def apply_mask_(weight: torch.Tensor, mask: torch.Tensor) -> None:
 def mask_grad_(weight: torch.Tensor, mask: torch.Tensor) -> None:
     """Zero the gradient of the pruned weights in place (no-op without a gradient)."""
     grad = weight.grad
-    if grad is not None:
-        if grad.layout != torch.strided:
-            raise TypeError(f"pruning needs dense gradients, got a {grad.layout} gradient")
-        zero_pruned_(grad, mask)
+    if grad is None:
+        return
+    if grad.layout == torch.sparse_coo:  # nn.Embedding(sparse=True): zero the values at pruned positions
+        indices, values = grad._indices(), grad._values()
+        if values.numel():
+            kept = mask.to(indices.device)[tuple(indices[: grad.sparse_dim()])]
+            values.masked_fill_(kept == 0, 0)
+        return
+    if grad.layout != torch.strided:
+        raise TypeError(f"pruning needs dense or sparse COO gradients, got a {grad.layout} gradient")
+    zero_pruned_(grad, mask)
 
 
 @torch.no_grad()

@@ -77,6 +77,7 @@ class BlockPattern:
         self.uniform = not self.edge_rows and not self.edge_cols
         self.block_numel = self.r * self.c
         self._regions = self._split()
+        self._row_patterns: dict[int, BlockPattern] = {}
 
     def _parts(self) -> list[tuple[slice, slice, slice, slice, int, int]]:
         """(element rows, element cols, grid rows, grid cols, block rows, block cols) of each region."""
@@ -135,6 +136,51 @@ class BlockPattern:
         full = g.reshape(self.grid_rows * self.r, self.grid_cols * self.c)
         return full if self.uniform else full[: self.rows, : self.cols].contiguous()
 
+    # ---------------------------------------------------------------- row chunks (chunk-sized temporaries)
+    def rows_pattern(self, h: int) -> "BlockPattern":
+        """The geometry of ``h`` rows that start at a block-row boundary (cached): the last block row
+        is partial when ``h`` is not a multiple of ``r``; ``h < r`` is one block row of height ``h``."""
+        found = self._row_patterns.get(h)
+        if found is None:
+            found = self._row_patterns[h] = BlockPattern(h, self.cols, self.r, self.c)
+        return found
+
+    def fold(self, height: int, reduce: Reduce) -> "RowFold":
+        """A :class:`RowFold` for one block row of ``height`` rows that is scored in several row chunks."""
+        return RowFold(self, height, reduce)
+
+    def pruned_rows(self, first_rows: torch.Tensor) -> torch.Tensor:
+        """Bool ``[g, gc]`` pruned blocks of ``g`` block rows, from the int8 mask rows ``[g, cols]`` that start them."""
+        return first_rows[:, :: self.c] == 0
+
+    def and_keep_(self, region: torch.Tensor, flags: torch.Tensor) -> None:
+        """``region &= expanded flags``: ``region`` is the int8 mask of rows that start at a block-row boundary
+        (``[h, cols]``, or any view whose row-major order is that), ``flags`` the int8 ``0/-1`` keep of their
+        block rows ``[ceil(h / r), gc]``; a single block row (``flags`` ``[1, gc]``) may cover any ``h`` rows
+        inside it (blocks taller than a chunk). Temporaries are chunk-sized, none when it is avoidable:
+        column blocks of 2, 4 or 8 are widened to one 16/32/64-bit word per block (``-1`` sign-extends to
+        all ones) and ANDed on the word view of the mask, broadcast over the block's rows.
+        """
+        h = region.shape[0]
+        c, cols = self.c, self.cols
+        plain = region.dim() == 2 and region.is_contiguous()
+        word = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(c) if cols % c == 0 else None
+        if plain and word is not None:
+            wide = flags if c == 1 else flags.to(word)
+            dest = region.view(word)  # [h, gc]
+            full = min(h // self.r, wide.shape[0])
+            if full:
+                dest[: full * self.r].view(full, self.r, -1).bitwise_and_(wide[:full, None, :])
+            if full * self.r < h:  # the rows of a partial (or the only, taller-than-a-chunk) block row
+                dest[full * self.r :].bitwise_and_(wide[full : full + 1])
+            return
+        if flags.shape[0] == 1:
+            rows = flags.expand(h, -1)
+        else:
+            rows = flags.repeat_interleave(self.r, dim=0)[:h]
+        keep = rows[:, :, None].expand(h, rows.shape[1], c).reshape(h, -1)[:, :cols]
+        region.bitwise_and_(keep.reshape(region.shape))
+
 
 #: widest column block reduced by adding strided column slices (wider ones use one reduction kernel)
 _SLICE_REDUCE_MAX = 8
@@ -148,20 +194,36 @@ def _block_reduce(sub: torch.Tensor, br: int, bc: int, reduce: Reduce, dest: tor
     narrow column blocks are reduced by adding (or taking the maximum of) their ``bc`` strided
     column slices instead: ~10x faster for ``1x4`` and ``2x2``. ``mean`` divides the sums by
     ``br * bc``. Sums may differ from a tree reduction in the last bit.
+
+    A block row taller than a chunk is reduced in row chunks by :class:`RowFold` instead (the same
+    scores for blocks of up to 4 rows; taller ones are summed in a fixed order, see :func:`_tree_rows`).
     """
     nr, nc = dest.shape
-    rows = sub.float()
-    divided = False
-    if br > 1:
-        stacked = rows.reshape(nr, br, nc * bc)
-        reduced = torch.empty(nr, nc * bc, dtype=torch.float32, device=sub.device) if bc > 1 else dest
-        divided = reduce == "mean" and bc == 1  # the mean kernel divides in the same pass
-        reducer = torch.amax if reduce == "max" else torch.mean if divided else torch.sum
-        if reduced.is_contiguous():
-            reducer(stacked, dim=1, out=reduced)
-        else:  # a column slice of the grid (layers with a partial edge column)
-            reduced.copy_(reducer(stacked, dim=1))
-        rows = reduced
+    rows, divided = _reduce_rows(sub.float(), nr, br, nc * bc, reduce, dest if bc == 1 else None)
+    _reduce_cols(rows, br, bc, reduce, dest, divided)
+
+
+def _reduce_rows(
+    rows: torch.Tensor, nr: int, br: int, width: int, reduce: Reduce, out: torch.Tensor | None
+) -> tuple[torch.Tensor, bool]:
+    """The row stage of :func:`_block_reduce`: ``[nr * br, width]`` -> ``[nr, width]`` (into ``out`` when given);
+    returns it and whether it is already divided by ``br`` (``mean`` of 1-wide blocks)."""
+    if br == 1:
+        return rows, False
+    stacked = rows.reshape(nr, br, width)
+    reduced = out if out is not None else torch.empty(nr, width, dtype=torch.float32, device=rows.device)
+    divided = reduce == "mean" and out is not None  # 1-wide blocks: the mean kernel divides in the same pass
+    reducer = torch.amax if reduce == "max" else torch.mean if divided else torch.sum
+    if reduced.is_contiguous():
+        reducer(stacked, dim=1, out=reduced)
+    else:  # a column slice of the grid (layers with a partial edge column)
+        reduced.copy_(reducer(stacked, dim=1))
+    return reduced, divided
+
+
+def _reduce_cols(rows: torch.Tensor, br: int, bc: int, reduce: Reduce, dest: torch.Tensor, divided: bool) -> None:
+    """The column stage of :func:`_block_reduce`: ``rows`` ``[nr, nc * bc]`` (reduced over rows) -> ``dest`` ``[nr, nc]``."""
+    nr, nc = dest.shape
     if bc > 1:
         cols = rows.reshape(nr, nc, bc)
         if bc <= _SLICE_REDUCE_MAX:
@@ -175,10 +237,116 @@ def _block_reduce(sub: torch.Tensor, br: int, bc: int, reduce: Reduce, dest: tor
             dest.copy_(cols.amax(dim=-1))
         else:
             dest.copy_(cols.sum(dim=-1))
-    elif br == 1:
+    elif rows is not dest:
         dest.copy_(rows)
     if reduce == "mean" and not divided:
         dest.div_(br * bc)
+
+
+#: rows that PyTorch's CPU sum adds one after the other in every code path (its cascade and its
+#: interleaved accumulators only start beyond 4)
+_SEQUENTIAL_ROWS = 4
+
+
+def _tree_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x.sum(dim=1)`` (``x``: float32 ``[nb, n, width]``) in the fixed order :class:`_RowTree` uses.
+
+    A 4-ary tree over the rows: each node is the sum, one after the other, of up to 4 consecutive
+    nodes of the level below (PyTorch's sum of <= 4 rows is exactly that), the last node of a level
+    holding what is left. :class:`_RowTree` computes the same sum fed a few rows at a time, so the
+    result does not depend on how the rows are chunked. (PyTorch's own sum of more than 4 rows
+    depends on the column's position in the call, the vector width and the threads, so a chunked
+    sum cannot reproduce it; this order is as accurate: pairwise-like.)
+    """
+    while x.shape[1] > _SEQUENTIAL_ROWS:
+        nb, n, width = x.shape
+        full = n // 4 * 4
+        nodes = torch.sum(x[:, :full].reshape(nb, n // 4, 4, width), dim=2)
+        if full < n:
+            nodes = torch.cat([nodes, torch.sum(x[:, full:], dim=1, keepdim=True)], dim=1)
+        x = nodes
+    return torch.sum(x, dim=1)
+
+
+class _RowTree:
+    """The sum of :func:`_tree_rows`, fed rows in order, a chunk at a time (state: a few rows)."""
+
+    def __init__(self) -> None:
+        #: per level: [running sum of the children of the open node of the level above, children so far]
+        self._open: list[list] = []
+
+    def feed(self, nodes: torch.Tensor, level: int = 0) -> None:
+        """Feed ``nodes`` (``[k, width]``, in order) of ``level`` (0 = rows)."""
+        while nodes.shape[0]:
+            if len(self._open) <= level:
+                self._open.append([None, 0])
+            slot = self._open[level]
+            if slot[1] == 0 and nodes.shape[0] >= 4:  # whole groups of 4: their sums in one op
+                full = nodes.shape[0] // 4 * 4
+                self.feed(torch.sum(nodes[:full].reshape(full // 4, 4, -1), dim=1), level + 1)
+                nodes = nodes[full:]
+                continue
+            if slot[0] is None:
+                slot[0] = nodes[0].clone()
+            else:
+                slot[0].add_(nodes[0])
+            slot[1] += 1
+            nodes = nodes[1:]
+            if slot[1] == 4:
+                node, slot[0], slot[1] = slot[0], None, 0
+                self.feed(node[None], level + 1)
+
+    def result(self) -> torch.Tensor:
+        """The sum of every row fed (the open nodes close from the bottom up)."""
+        carry = None
+        for slot in self._open:
+            if carry is not None:
+                if slot[0] is None:
+                    slot[0] = carry
+                else:
+                    slot[0].add_(carry)
+                slot[1] += 1
+            carry = slot[0] if slot[1] else None
+        assert carry is not None, "no rows were fed"
+        return carry
+
+
+class RowFold:
+    """One block row of a :class:`BlockPattern` taller than a chunk (``channelx1``: a whole column), scored in
+    row chunks: :meth:`add` the chunks in order, then :meth:`finish` writes the block scores.
+
+    ``max`` is exact; sums (``mean`` divides them by the block's real element count, partial edge
+    blocks included) add the rows in the fixed order of :func:`_tree_rows`, whatever the chunking:
+    for blocks of up to 4 rows that is exactly :func:`_block_reduce`'s result, for taller ones it
+    may differ from PyTorch's one-call sum in the last bit.
+    """
+
+    def __init__(self, pattern: BlockPattern, height: int, reduce: Reduce) -> None:
+        self.pattern, self.height, self.reduce = pattern, height, reduce
+        self._tree = _RowTree() if reduce != "max" else None
+        self._max: torch.Tensor | None = None
+
+    def add(self, scores2d: torch.Tensor) -> None:
+        rows = scores2d.float()
+        if self._tree is not None:
+            self._tree.feed(rows)
+        elif self._max is None:
+            self._max = rows.amax(dim=0)
+        else:
+            torch.maximum(self._max, rows.amax(dim=0), out=self._max)
+
+    def finish(self, dest: torch.Tensor) -> None:
+        """The block row's scores into ``dest`` ``[1, grid cols]``."""
+        br, reduce = self.height, self.reduce
+        rows = (self._tree.result() if self._tree is not None else self._max).view(1, -1)
+        if br == 1:
+            rows = rows.clone()
+        for _, ec, _, gc, _, bc in self.pattern.rows_pattern(br)._parts():
+            divided = reduce == "mean" and bc == 1 and br > 1
+            part = rows[:, ec]
+            if divided:
+                part = part / br
+            _reduce_cols(part, br, bc, reduce, dest[:, gc], divided)
 
 
 #: N:M group sizes chosen on byte fields packed in integer words (others sort each group)
@@ -236,37 +404,96 @@ class NMPattern:
         """
         device = mask2d.device
         out = torch.empty(self.rows, self.groups, dtype=torch.float32, device=device)
-        if self.m in _WORD_GROUP_SIZES:
-            self._stay = torch.empty(self.rows, self.groups, dtype=torch.uint8, device=device)
-        else:
-            pos_dtype = torch.uint8 if self.m <= 256 else torch.int64
-            self._stay = torch.empty(self.rows, self.groups, self.n, dtype=pos_dtype, device=device)
-        peak = torch.zeros((), dtype=torch.float32, device=device)
+        self._stay = self.new_stay(self.rows, device)
+        self.score_peak = torch.zeros((), dtype=torch.float32, device=device)
         for a in range(0, self.rows, per):
             b = min(a + per, self.rows)
             chunk = scores(a, b).reshape(b - a, self.cols)
             if not (owned and chunk.dtype == torch.float32 and chunk.is_contiguous()):
                 chunk = chunk.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-            torch.maximum(peak, chunk.amax(), out=peak)
-            mask_rows = mask2d[a:b].contiguous()
-            if self.m in _WORD_GROUP_SIZES:
-                pruned = mask_rows.view(_WORD_DTYPES[self.m]) != -1  # a group holding any pruned weight
-            else:
-                pruned = (mask_rows.view(b - a, self.groups, self.m) == 0).any(dim=-1)
-            any_pruned = bool(pruned.any())
-            if any_pruned:
+            self.choose_rows(chunk, mask2d[a:b].contiguous(), reduce, ordered, out[a:b], self._stay[a:b])
+        return out
+
+    def new_stay(self, rows: int, device: torch.device) -> torch.Tensor:
+        """An uninitialised buffer for which weights of ``rows`` rows of groups stay (see :meth:`choose_rows`)."""
+        if self.m in _WORD_GROUP_SIZES:
+            return torch.empty(rows, self.groups, dtype=torch.uint8, device=device)
+        pos_dtype = torch.uint8 if self.m <= 256 else torch.int64
+        return torch.empty(rows, self.groups, self.n, dtype=pos_dtype, device=device)
+
+    def pruned_groups(self, mask_rows: torch.Tensor) -> torch.Tensor:
+        """Bool ``[h, groups]``: the groups of the int8 mask rows ``[h, cols]`` (contiguous) holding a pruned weight."""
+        if self.m in _WORD_GROUP_SIZES:
+            return mask_rows.view(_WORD_DTYPES[self.m]) != -1
+        return (mask_rows.view(mask_rows.shape[0], self.groups, self.m) == 0).any(dim=-1)
+
+    def choose_rows(
+        self,
+        chunk: torch.Tensor,
+        mask_rows: torch.Tensor,
+        reduce: Reduce,
+        ordered: bool,
+        out: torch.Tensor,
+        stay: torch.Tensor,
+        any_pruned: bool | None = None,
+        stay_known: bool = False,
+    ) -> None:
+        """Group scores (into ``out`` ``[h, groups]``) and the weights that stay (into ``stay``) of ``h`` rows.
+
+        ``chunk``: float32 element scores ``[h, cols]``, contiguous, overwritten; ``mask_rows``: their
+        int8 mask (contiguous). Updates :attr:`score_peak` (when set). ``any_pruned=False``: the caller
+        knows that no weight of the layer is pruned (skips the mask reads). ``stay_known`` (M in 2, 4,
+        8, ``ordered``): ``stay`` already holds what an earlier call wrote for these rows, so only the
+        group scores are computed from it, without ranking again (the same bits).
+        """
+        h = chunk.shape[0]
+        if self.score_peak is not None:
+            torch.maximum(self.score_peak, chunk.amax(), out=self.score_peak)
+        pruned = None
+        if any_pruned is not False:
+            pruned = self.pruned_groups(mask_rows)
+            if bool(pruned.any()):
                 _masks.mark_pruned_(chunk, mask_rows)  # pruned -> PRUNED (-1): always among the lowest
-            groups = chunk.view(b - a, self.groups, self.m)
-            choose = _choose_in_words if self.m in _WORD_GROUP_SIZES else _choose_by_sorting
-            group_scores, self._stay[a:b] = choose(groups, self.n, reduce, ordered)
+            else:
+                pruned = None
+        groups = chunk.view(h, self.groups, self.m)
+        choose = _choose_in_words if self.m in _WORD_GROUP_SIZES else _choose_by_sorting
+        # rows per call: the ranking's temporaries (float32 units per weight: the pair differences and
+        # their masked copies, or a sort's values and int64 indices) stay within about one chunk of scores
+        per = max(1, min(h, int(h / _RANK_TEMPORARIES.get(self.m, 3.0))))
+        known = stay_known and ordered and choose is _choose_in_words
+        for a in range(0, h, per):
+            b = min(a + per, h)
+            if known:
+                group_scores = _scores_given_stay(groups[a:b], stay[a:b], self.n, reduce, overwrite=True)
+            elif choose is _choose_in_words:
+                group_scores, stay[a:b] = choose(groups[a:b], self.n, reduce, ordered, overwrite=True)
+            else:
+                group_scores, stay[a:b] = choose(groups[a:b], self.n, reduce, ordered)
             if group_scores is None:
                 out[a:b].zero_()
             else:
-                out[a:b] = group_scores
-            if any_pruned:
-                out[a:b].masked_fill_(pruned, PRUNED)
-        self.score_peak = peak
-        return out
+                out[a:b].copy_(group_scores)
+        if pruned is not None:
+            out.masked_fill_(pruned, PRUNED)
+
+    def and_keep_(self, region: torch.Tensor, flags: torch.Tensor) -> None:
+        """``region &= -flags``: ``region`` the int8 mask of ``h`` rows, ``flags`` their :meth:`element_keep` (overwritten)."""
+        region.bitwise_and_(flags.neg_().view(region.shape) if region.dim() == 2 else flags.neg_().reshape(region.shape))
+
+    def element_keep(self, kept: torch.Tensor, stay: torch.Tensor) -> torch.Tensor:
+        """int8 ``[h, cols]`` element keep (1 = kept, 0 = pruned) of ``h`` rows from their group keep
+        ``kept`` (``[h, groups]``, bool or int8 0/1) and the weights that stay when a group is pruned."""
+        h = kept.shape[0]
+        if self.m in _WORD_GROUP_SIZES:
+            every = (1 << self.m) - 1  # a kept group keeps all M weights
+            bits = stay | kept.view(torch.uint8) * every
+            word = torch.empty(h, self.groups, dtype=_WORD_DTYPES[self.m], device=kept.device)
+            _spread_bits(bits, self.m, out=word)
+            return word.view(torch.int8).view(h, self.cols)
+        rows = torch.ones(h, self.groups, self.m, dtype=torch.int8, device=kept.device)
+        rows.scatter_(-1, stay.long(), kept.to(torch.int8).unsqueeze(-1).expand(-1, -1, self.n))
+        return rows.view(h, self.cols)
 
     def count(self, pred: torch.Tensor) -> torch.Tensor:
         return torch.count_nonzero(pred) * self.n
@@ -282,18 +509,14 @@ class NMPattern:
         step = self._row_chunks().step
         for a in self._row_chunks():
             b = min(a + step, self.rows)
-            stay, kept = self._stay[a:b], keep_grid[a:b]
-            if self.m in _WORD_GROUP_SIZES:
-                every = (1 << self.m) - 1  # a kept group keeps all M weights
-                bits = stay | kept.view(torch.uint8) * every
-                _spread_bits(bits, self.m, out=keep[a:b].view(_WORD_DTYPES[self.m]))
-            else:
-                rows = keep[a:b].view(b - a, self.groups, self.m).fill_(True)
-                rows.scatter_(-1, stay.long(), kept.unsqueeze(-1).expand(-1, -1, self.n))
+            keep[a:b].view(torch.int8).copy_(self.element_keep(keep_grid[a:b], self._stay[a:b]))
         self._stay = None
         return keep
 
 
+#: temporaries of ranking one group of M, per weight, in float32 units (pairs / M differences; M = 8
+#: ranks the 7 pairs of one weight at a time, twice for its 2 words; a sort: values and int64 indices)
+_RANK_TEMPORARIES = {2: 0.5, 4: 1.5, 8: 1.75}
 #: the integer word holding one byte per weight of a group of M
 _WORD_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _pair_weights_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}
@@ -312,10 +535,12 @@ def _pair_weights(m: int, word: int, device: torch.device) -> torch.Tensor:
     return _pair_weights_cache[key]
 
 
-def _choose_in_words(groups: torch.Tensor, n: int, reduce: Reduce, ordered: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+def _choose_in_words(
+    groups: torch.Tensor, n: int, reduce: Reduce, ordered: bool = True, overwrite: bool = False
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The N lowest of every group of M in 2, 4, 8, in stable order (lower index first on ties).
 
-    ``groups``: float32 ``[r, G, M]``, contiguous. Returns (group scores: the ``reduce`` of the N
+    ``groups``: float32 ``[r, G, M]``, contiguous (``overwrite``: it may be overwritten). Returns (group scores: the ``reduce`` of the N
     lowest, float32 ``[r, G]``, or ``None`` unless ``ordered``; ``uint8 [r, G]`` with bit ``j`` set
     when weight ``j`` is *not* among the N lowest, i.e. stays when the group is pruned).
 
@@ -329,19 +554,29 @@ def _choose_in_words(groups: torch.Tensor, n: int, reduce: Reduce, ordered: bool
     step is a whole-tensor integer or float operation: no sort, no bool tensors.
     """
     r, g, m = groups.shape
-    diff = torch.empty(m * (m - 1) // 2, r, g, dtype=torch.float32, device=groups.device)
-    p = 0
-    for i in range(m - 1):  # pairs (i, i+1..m-1) in one op, written pair-major
-        k = m - 1 - i
-        torch.sub(groups[..., i + 1 :], groups[..., i : i + 1], out=diff[p : p + k].permute(1, 2, 0))
-        p += k
-    below = diff.view(torch.int32).bitwise_right_shift_(31)  # -1 where s_j < s_i, else 0
-    words = []
     last = max(1, m // 4) - 1
+    if m <= 4:  # every pair at once
+        pieces = [(0, m - 1)]
+    else:  # M = 8: the pairs of one first weight at a time (7 at most), so the temporaries stay small
+        pieces = [(i, i + 1) for i in range(m - 1)]
+    fields: list[torch.Tensor | None] = [None] * (last + 1)
+    diff = torch.empty(m - 1 if m > 4 else m * (m - 1) // 2, r, g, dtype=torch.float32, device=groups.device)
+    for first, stop in pieces:
+        p0 = sum(m - 1 - i for i in range(first))  # index of the piece's first pair (pair-major order)
+        p = 0
+        for i in range(first, stop):  # pairs (i, i+1..m-1) in one op, written pair-major
+            k = m - 1 - i
+            torch.sub(groups[..., i + 1 :], groups[..., i : i + 1], out=diff[p : p + k].permute(1, 2, 0))
+            p += k
+        below = diff[:p].view(torch.int32).bitwise_right_shift_(31)  # -1 where s_j < s_i, else 0
+        for w in range(last + 1):
+            weights = _pair_weights(m, w, groups.device)[p0 : p0 + p]
+            terms = below.bitwise_and_(weights) if w == last else below & weights
+            part = torch.sum(terms, dim=0, dtype=torch.int32)  # integer sums: exact in any grouping
+            fields[w] = part if fields[w] is None else fields[w].add_(part)
+    words = []
     for w in range(last + 1):
-        weights = _pair_weights(m, w, groups.device)
-        terms = below.bitwise_and_(weights) if w == last else below & weights
-        field = torch.sum(terms, dim=0, dtype=torch.int32)
+        field = fields[w]
         field.add_(sum((_FIELD_BASE - n + j) << 8 * (j - 4 * w) for j in range(4 * w, min(m, 4 * w + 4))))
         words.append(field.bitwise_right_shift_(6).bitwise_and_(0x01010101))  # byte j: 1 when weight j stays
     stay_bits = torch.zeros(r, g, dtype=torch.int32, device=groups.device)
@@ -355,14 +590,30 @@ def _choose_in_words(groups: torch.Tensor, n: int, reduce: Reduce, ordered: bool
         stay_bytes = words[0].to(torch.int16)
     else:
         stay_bytes = words[0] if m == 4 else torch.stack(words, dim=-1)
-    lowest = groups * stay_bytes.view(torch.int8).view(r, g, m).neg_().add_(1)  # the N lowest, others 0
+    return _lowest_scores(groups, stay_bytes, n, reduce, overwrite), stay_bits
+
+
+def _scores_given_stay(groups: torch.Tensor, stay_bits: torch.Tensor, n: int, reduce: Reduce, overwrite: bool = False) -> torch.Tensor:
+    """The group scores :func:`_choose_in_words` returns, from the ``stay_bits`` it returned for the same
+    ``groups`` (no ranking: the same operations on the same bytes, so the same bits)."""
+    r, g, m = groups.shape
+    stay_bytes = torch.empty(r, g, dtype=_WORD_DTYPES[m], device=groups.device)
+    _spread_bits(stay_bits, m, out=stay_bytes)
+    return _lowest_scores(groups, stay_bytes, n, reduce, overwrite)
+
+
+def _lowest_scores(groups: torch.Tensor, stay_bytes: torch.Tensor, n: int, reduce: Reduce, overwrite: bool) -> torch.Tensor:
+    """``reduce`` of the N lowest of every group: ``stay_bytes`` holds byte 1 for the weights that stay."""
+    r, g, m = groups.shape
+    keep_low = stay_bytes.view(torch.int8).view(r, g, m).neg_().add_(1)
+    lowest = groups.mul_(keep_low) if overwrite else groups * keep_low  # the N lowest, others 0
     if reduce == "max":  # scores are >= 0 (groups holding PRUNED scores are marked by the caller)
         grid = torch.nn.functional.max_pool1d(lowest.view(1, 1, -1), m, m).view(r, g)
     else:
         grid = lowest.view(-1, m).mv(torch.ones(m, dtype=torch.float32, device=groups.device)).view(r, g)
         if reduce == "mean":
             grid.div_(n)
-    return grid, stay_bits
+    return grid
 
 
 def _choose_by_sorting(groups: torch.Tensor, n: int, reduce: Reduce, ordered: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:

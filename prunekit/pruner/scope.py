@@ -14,24 +14,32 @@ its local choice with that budget.
 
 Both thresholds come from :func:`find_threshold`: a strided sample brackets the answer, and one
 pass both counts exactly below the bracket and gathers the few scores inside it, which are then
-sorted and searched. Grids are read chunk by chunk (:mod:`prunekit.pruner.grids`): no copy of
+sorted and searched (the counts at the threshold come from the same gathered scores, without
+another pass). Grids are read chunk by chunk (:mod:`prunekit.pruner.grids`): no copy of
 all scores is made (no concatenation, no full sort, no ``kthvalue`` of a whole layer), temporaries
 are chunk-sized, counts accumulate on the device (one host read per pass), and every rank
 computes the same result from the same scores.
+
+**The choice** of a layer (:func:`choose_blocks`) is a :class:`Choice`: a threshold ``t`` and a tie cut
+(blocks scored above ``t`` stay, below go, and of those scored exactly ``t`` the ones before a flat
+index go), so no keep grid of the layer's size is ever built; :func:`select_blocks` materializes it.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Callable, Sequence
 
 import torch
 
-from prunekit.pruner import masks as _masks
-from prunekit.pruner.grids import BlockGrid, as_grid
+from prunekit.pruner.grids import BlockGrid, _chunk_size, as_grid
 from prunekit.pruner.patterns import BlockPattern, NMPattern
 
-__all__ = ["select_blocks", "global_budgets", "global_threshold", "element_budget", "find_threshold"]
+__all__ = [
+    "Choice", "choose_blocks", "select_blocks", "global_budgets", "global_threshold", "global_choice",
+    "element_budget", "find_threshold",
+]
 
 Pattern = BlockPattern | NMPattern
 
@@ -67,7 +75,7 @@ def _counts(grids: Sequence[BlockGrid], tests: Sequence[tuple[str, float]]) -> l
     out = [[0] * len(grids) for _ in tests]
     for li, grid in enumerate(grids):
         uniform = grid.pattern.uniform
-        flag = torch.empty(min(grid.blocks, _masks.CHUNK), dtype=torch.float32, device=grid.device) if uniform else None
+        flag = torch.empty(_chunk_size(grid), dtype=torch.float32, device=grid.device) if uniform else None
         parts: list[list[torch.Tensor]] = [[] for _ in tests]
         for start, chunk in grid.chunks():
             for ti, (op, v) in enumerate(tests):
@@ -100,6 +108,8 @@ def _elements(grid: BlockGrid) -> int:
     pattern = grid.pattern
     if pattern.uniform:
         return grid.blocks * pattern.block_numel
+    if isinstance(pattern, BlockPattern):  # blocks tile the layer
+        return pattern.rows * pattern.cols
     return int(pattern.count(torch.ones(grid.shape, dtype=torch.bool)))
 
 
@@ -125,22 +135,59 @@ def _smallest_threshold(reaches: Callable[[float], bool], high: float) -> float:
     return _f32(hi)
 
 
-def select_blocks(
-    grid: object, pattern: Pattern, k: int, low: int = 0, high: int | None = None, hint: float | None = None
-) -> torch.Tensor:
-    """Bool grid (the grid's 2-D shape) of kept blocks after pruning about ``k`` elements (module docstring).
+class Choice:
+    """Which blocks of one grid stay: those scored above ``t``, and those scored exactly ``t`` whose flat
+    index is ``cut`` or more (the lower indices among the ties go first, as in a stable sort)."""
+
+    __slots__ = ("t", "cut")
+
+    def __init__(self, t: float, cut: int) -> None:
+        self.t, self.cut = float(t), int(cut)
+
+    def __repr__(self) -> str:
+        return f"Choice(t={self.t!r}, cut={self.cut})"
+
+    def keep(self, start: int, chunk: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """int8 0/1 flags (into ``out``, of ``chunk``'s shape) of the blocks of ``chunk`` (flat offset ``start``) that stay."""
+        cut = self.cut - start
+        n = chunk.numel()
+        if cut <= 0:
+            return torch.ge(chunk, self.t, out=out)
+        if cut >= n:
+            return torch.gt(chunk, self.t, out=out)
+        flat, dest = chunk.reshape(-1), out.view(-1)
+        torch.gt(flat[:cut], self.t, out=dest[:cut])
+        torch.ge(flat[cut:], self.t, out=dest[cut:])
+        return out
+
+
+#: every block not already pruned stays
+_KEEP_UNPRUNED = (0.0, 0)
+
+
+def choose_blocks(
+    grid: object,
+    pattern: Pattern,
+    k: int,
+    low: int = 0,
+    high: int | None = None,
+    hint: float | None = None,
+    hint_counts: tuple[int, int] | None = None,
+) -> Choice:
+    """The :class:`Choice` of the blocks that stay after pruning about ``k`` elements (module docstring).
 
     ``low`` / ``high`` bound the pruned elements (``min/max_sparsity_per_op``): rounding ``k`` to whole
     blocks never crosses them (with uniform blocks ``low`` is met when a whole number of blocks fits).
     ``hint``: a likely threshold (the global one); when its counts show it is this budget's
-    threshold, the search is skipped (the result is the same either way).
+    threshold, the search is skipped (the result is the same either way). ``hint_counts``: the
+    elements of this grid scored ``< hint`` and ``<= hint``, when known (saves counting them).
     """
     g = as_grid(grid, pattern)
     if high is not None:
         k = min(k, high)
     (already,) = _already_pruned([g])
     if k <= 0 or already >= k:
-        return _keep_pass(g, 0.0, 0)[0]
+        return Choice(*_KEEP_UNPRUNED)
     if pattern.uniform:
         size = pattern.block_numel
         blocks = min((2 * k + size - 1) // (2 * size), g.blocks)  # the prefix closest to k, fewer on a tie
@@ -149,108 +196,98 @@ def select_blocks(
         blocks = min(max(blocks, floor), ceiling)
         k_elems = blocks * size
         if k_elems <= already:
-            return _keep_pass(g, 0.0, 0)[0]
+            return Choice(*_KEEP_UNPRUNED)
         if blocks == g.blocks:  # every block goes (2:4 at 0.5, say): nothing to search
-            return torch.zeros(g.shape, dtype=torch.bool, device=g.device)
+            return Choice(float("inf"), g.blocks)
         if hint is not None and hint >= 0:
-            keep = _prune_lowest_at(g, hint, blocks, verify=True)
-            if keep is not None:
-                return keep
-        t = find_threshold([g], [pattern], lambda c: c[0] >= k_elems, k_elems)
-        return _prune_lowest_at(g, t, blocks, verify=False)
+            counts = hint_counts if hint_counts is not None else _below_and_tied(g, hint)
+            choice = _lowest_at(g, hint, blocks, counts, verify=True)
+            if choice is not None:
+                return choice
+        t, found = _find([g], [pattern], lambda c: c[0] >= k_elems, k_elems)
+        counts = found.counts(t)[0] if found is not None else _below_and_tied(g, t)
+        return _lowest_at(g, t, blocks, counts, verify=False)  # type: ignore[return-value]
     # partial edge blocks: blocks differ in size, the closest prefix is decided among the ties
-    t = find_threshold([g], [pattern], lambda c: c[0] >= k, k)
-    keep, below, ties = _keep_pass(g, t, None)
+    t, found = _find([g], [pattern], lambda c: c[0] >= k, k)
+    if t < 0:  # nothing but pruned blocks: no tie goes
+        return Choice(t, 0)
+    below, ties = found.ties(t) if found is not None else _below_and_ties(g, t)
+    n = 0
     if ties.numel():
         sizes = pattern.sizes_of(ties)
         n = _take_closest(k - below, sizes)
         if high is not None and n:  # the closest prefix may overshoot by part of a block
             n = int((torch.cumsum(sizes[:n], 0) <= high - below).sum())
-        keep.view(-1)[ties[:n]] = False
-    return keep
+    return Choice(t, int(ties[n]) if n < ties.numel() else g.blocks)
 
 
-def _keep_pass(g: BlockGrid, t: float, max_ties: int | None) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """``(keep = score >= t, elements scored < t, flat indices of the blocks scored == t)`` in one pass.
+def select_blocks(
+    grid: object, pattern: Pattern, k: int, low: int = 0, high: int | None = None, hint: float | None = None
+) -> torch.Tensor:
+    """Bool grid (the grid's 2-D shape) of kept blocks after pruning about ``k`` elements: the
+    :func:`choose_blocks` choice, materialized (one byte per block)."""
+    g = as_grid(grid, pattern)
+    return materialize(g, choose_blocks(g, pattern, k, low, high, hint))
 
-    ``max_ties`` (uniform patterns, in blocks): stop collecting ties once that many are held
-    minus the blocks already below (no more can be needed).
-    """
-    keep = torch.empty(g.blocks, dtype=torch.bool, device=g.device)
+
+def materialize(grid: BlockGrid, choice: Choice) -> torch.Tensor:
+    """The bool keep grid of ``choice`` on ``grid`` (one pass)."""
+    keep = torch.empty(grid.blocks, dtype=torch.bool, device=grid.device)
+    keep8 = keep.view(torch.int8)
+    for start, chunk in grid.chunks():
+        choice.keep(start, chunk, out=keep8[start : start + chunk.numel()])
+    return keep.view(grid.shape)
+
+
+def _below_and_ties(g: BlockGrid, t: float) -> tuple[int, torch.Tensor]:
+    """``(elements scored < t, flat indices of the blocks scored == t)`` in one pass (``t >= 0``)."""
     below = torch.zeros((), dtype=torch.int64, device=g.device)
     ties: list[torch.Tensor] = []
-    held = 0
     for start, chunk in g.chunks():
-        torch.ge(chunk, t, out=keep[start : start + chunk.numel()])
         below += _count(chunk < t, g, start)
-        if t >= 0 and (max_ties is None or held < max_ties):
-            idx = torch.nonzero(chunk == t).view(-1)
-            if idx.numel():
-                ties.append(idx + start)
-                held += idx.numel()
+        idx = torch.nonzero(chunk == t).view(-1)
+        if idx.numel():
+            ties.append(idx + start)
     tie_idx = torch.cat(ties) if ties else torch.empty(0, dtype=torch.int64, device=g.device)
-    return keep.view(g.shape), int(below), tie_idx
+    return int(below), tie_idx
 
 
-def _prune_lowest_at(g: BlockGrid, t: float, blocks: int, *, verify: bool) -> torch.Tensor | None:
-    """The keep grid after pruning the ``blocks`` lowest blocks (uniform sizes), given their threshold ``t``.
+def _below_and_tied(g: BlockGrid, t: float) -> tuple[int, int]:
+    """Elements of ``g`` scored ``< t`` and ``<= t`` (one pass; uniform patterns)."""
+    below, upto = _counts([g], [("lt", t), ("le", t)])
+    return below[0], upto[0]
 
-    Every block scored below ``t`` is pruned, and of those scored exactly ``t`` the first ones in flat
-    order until ``blocks`` are. ``verify``: return ``None`` unless ``count(< t) <= blocks <=
-    count(<= t)``, i.e. unless ``t`` really is their threshold (a hint); otherwise the tie count is
-    clamped to that range.
+
+def _lowest_at(g: BlockGrid, t: float, blocks: int, counts: tuple[int, int], *, verify: bool) -> Choice | None:
+    """The choice that prunes the ``blocks`` lowest blocks (uniform sizes), given their threshold ``t``.
+
+    ``counts``: the elements scored ``< t`` and ``<= t``. Every block scored below ``t`` is pruned, and
+    of those scored exactly ``t`` the first ones in flat order until ``blocks`` are. ``verify``:
+    return ``None`` unless ``count(< t) <= blocks <= count(<= t)``, i.e. unless ``t`` really is their
+    threshold (a hint); otherwise the tie count is clamped to that range.
     """
-    keep, below, tied, tie_starts = _keep_above(g, t)
-    n = blocks - below // g.pattern.block_numel
+    size = g.pattern.block_numel
+    below, tied = counts[0] // size, (counts[1] - counts[0]) // size
+    n = blocks - below
     if verify and not 0 <= n <= tied:
         return None
     n = max(0, min(n, tied))
-    if n < tied:  # only the first n blocks scored exactly t are pruned: keep the others
-        _keep_ties_after(g, t, n, keep, tie_starts)
-    return keep
+    if n == 0:
+        return Choice(t, 0)  # every tie stays
+    if n == tied:
+        return Choice(t, g.blocks)  # every tie goes
+    return Choice(t, _nth_tie(g, t, n))
 
 
-def _keep_above(g: BlockGrid, t: float) -> tuple[torch.Tensor, int, int, list[int]]:
-    """``(keep = score > t, blocks scored < t, blocks scored == t, chunk starts holding a score == t)``.
-
-    One pass (uniform patterns). Comparisons are written as int8 / float32 (on CPU, several times
-    faster than producing bool tensors) and counted by summing (exact: a chunk holds fewer than
-    2^24 blocks).
-    """
-    keep = torch.empty(g.blocks, dtype=torch.bool, device=g.device)
-    keep8 = keep.view(torch.int8)
-    flag = torch.empty(min(g.blocks, _masks.CHUNK), dtype=torch.float32, device=g.device)
-    starts, below, tied = [], [], []
-    for start, chunk in g.chunks():
-        n = chunk.numel()
-        torch.gt(chunk, t, out=keep8[start : start + n])
-        below.append(torch.lt(chunk, t, out=flag[:n]).sum())
-        tied.append(torch.eq(chunk, t, out=flag[:n]).sum())
-        starts.append(start)
-    if not below:
-        return keep.view(g.shape), 0, 0, []
-    counts = torch.stack([torch.stack(below), torch.stack(tied)]).double()
-    per_chunk_ties = counts[1].tolist()  # one host read
-    tie_starts = [start for start, c in zip(starts, per_chunk_ties) if c]
-    return keep.view(g.shape), int(counts[0].sum()) * g.pattern.block_numel, int(sum(per_chunk_ties)), tie_starts
-
-
-def _keep_ties_after(g: BlockGrid, t: float, n: int, keep: torch.Tensor, tie_starts: list[int]) -> None:
-    """Mark kept every block scored exactly ``t`` after the first ``n`` of them (flat order).
-
-    Only the chunks that hold such a score (``tie_starts``, from :func:`_keep_above`) are read.
-    """
-    flat = keep.view(-1)
+def _nth_tie(g: BlockGrid, t: float, n: int) -> int:
+    """Flat index of the block after the first ``n`` blocks scored exactly ``t`` (reads chunks up to it)."""
     skipped = 0
-    for start in tie_starts:
-        chunk = g.chunk(start)
-        idx = torch.nonzero(chunk == t).view(-1)
-        if skipped < n:
-            take = min(n - skipped, idx.numel())
-            skipped += take
-            idx = idx[take:]
-        if idx.numel():
-            flat[idx + start] = True
+    for start, chunk in g.chunks():
+        idx = torch.nonzero(chunk.reshape(-1) == t).view(-1)
+        if skipped + idx.numel() > n:
+            return start + int(idx[n - skipped])
+        skipped += idx.numel()
+    return g.blocks
 
 
 #: sample size of the threshold bracket, and the bracket's half-width in samples
@@ -268,13 +305,37 @@ def find_threshold(
     searched exactly (a threshold of 0 is found there too when ``a < 0``). When the bracket misses
     (heavily clamped global budgets), an exact bisection over float32 bit patterns takes over.
     """
-    gs = [as_grid(g, p) for g, p in zip(grids, patterns)]
+    return _find([as_grid(g, p) for g, p in zip(grids, patterns)], patterns, reaches, target)[0]
+
+
+class _Found:
+    """The bracket pass that found a threshold: exact counts at any ``t`` inside the bracket, no pass needed."""
+
+    def __init__(self, below_a: list[int], inside: list["_Bracket"]) -> None:
+        self.below_a, self.inside = below_a, inside
+
+    def counts(self, t: float) -> list[tuple[int, int]]:
+        """Per grid: elements scored ``< t`` and ``<= t``."""
+        return [(base + b.elements_where(b.values < t), base + b.elements_where(b.values <= t)) for base, b in zip(self.below_a, self.inside)]
+
+    def ties(self, t: float) -> tuple[int, torch.Tensor]:
+        """One grid of unequal blocks: elements scored ``< t`` and the flat indices of the blocks scored ``t`` (ascending)."""
+        bracket = self.inside[0]
+        return self.below_a[0] + bracket.elements_where(bracket.values < t), bracket.index[bracket.values == t]
+
+
+def _find(
+    gs: Sequence[BlockGrid], patterns: Sequence[Pattern], reaches: Callable[[list[int]], bool], target: int
+) -> tuple[float, _Found | None]:
+    """:func:`find_threshold` on grids, and the bracket that holds the answer (``None`` when found otherwise)."""
     totals = [_elements(g) for g in gs]
     if not reaches(totals):  # every score <= the largest one
-        return _max(gs)
-    vals, cum = _weighted_sample(gs)
-    pos = int(torch.searchsorted(cum, torch.tensor([float(target)], dtype=cum.dtype)))
-    for slack in (_SLACK, 4 * _SLACK):
+        return _max(gs), None
+    vals, pos = _weighted_sample(gs, target)
+    # the bracket's half-width in samples: _SLACK for a full sample, proportionally fewer for the
+    # smaller sample of a small layer (the same share of the scores, the same error in sigmas)
+    base_slack = max(min(_SLACK, 4), _SLACK * vals.numel() // _SAMPLE)
+    for slack in (base_slack, 4 * base_slack):
         lo, hi = pos - slack, pos + slack
         a = -0.5 if lo < 0 else float(vals[lo])
         b = float("inf") if hi >= vals.numel() else float(vals[hi])
@@ -283,24 +344,49 @@ def find_threshold(
         ca, inside = _bracket_pass(gs, a, b)
         cb = [base + bracket.elements for base, bracket in zip(ca, inside)]
         if not reaches(ca) and reaches(cb):
-            return _search_bracket(inside, reaches, ca)
+            return _search_bracket(inside, reaches, ca), _Found(ca, inside)
     top = _max(gs)
-    return _smallest_threshold(lambda v: reaches(_counts_le(gs, [v])[0]), top)
+    return _smallest_threshold(lambda v: reaches(_counts_le(gs, [v])[0]), top), None
 
 
-def _weighted_sample(grids: Sequence[BlockGrid]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted strided sample of the scores and the cumulative element count each stands for."""
+def _coprime_stride(stride: int, row: int) -> int:
+    """The smallest stride ``>= stride`` that shares no factor with a grid row's length ``row``.
+
+    A stride that divides the rows (512 on 4096 columns) samples a few columns only; when scores vary
+    by column (gradients of a small batch do) the sample then misplaces the bracket, and the exact
+    bisection (~32 passes over the scores) has to take over. A coprime stride visits every column.
+    """
+    if stride <= 1 or row <= 1:
+        return stride
+    while math.gcd(stride, row) != 1:
+        stride += 1
+    return stride
+
+
+def _weighted_sample(grids: Sequence[BlockGrid], target: float) -> tuple[torch.Tensor, int]:
+    """Sorted strided sample of the scores and the position in it where the cumulative element count
+    each sample stands for reaches ``target``."""
     numel = sum(g.blocks for g in grids)
-    stride = max(1, numel // _SAMPLE)
+    # _SAMPLE scores, or 1/64 of them for small layers (at least _SAMPLE / 16): the sorted sample is a
+    # fixed cost of every event, which should stay small next to a small layer too
+    samples = min(_SAMPLE, max(_SAMPLE // 16, numel // 64))
+    base = max(1, numel // samples)
+    if len(grids) == 1:  # every sample stands for the same count: no weights to sort along
+        g = grids[0]
+        stride = _coprime_stride(base, g.shape[-1])
+        vals = torch.sort(g.sample(stride).float().cpu()).values
+        weight = stride * _elements(g) / g.blocks
+        return vals, min(vals.numel(), max(0, math.ceil(target / weight) - 1))
     values, weights = [], []
     for g in grids:
+        stride = _coprime_stride(base, g.shape[-1])
         sample = g.sample(stride).float().cpu()
         elements_per_block = _elements(g) / g.blocks
         values.append(sample)
         weights.append(torch.full_like(sample, stride * elements_per_block, dtype=torch.float64))
     vals, order = torch.sort(torch.cat(values), stable=True)
     cum = torch.cumsum(torch.cat(weights)[order], 0)
-    return vals, cum
+    return vals, int(torch.searchsorted(cum, torch.tensor([float(target)], dtype=cum.dtype)))
 
 
 def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float) -> tuple[list[int], list["_Bracket"]]:
@@ -314,18 +400,18 @@ def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float) -> tuple[list[
         uniform = g.pattern.uniform
         na: list[torch.Tensor] = []
         vals, idx = [], []
-        upto_a = torch.empty(min(g.blocks, _masks.CHUNK), dtype=torch.float32, device=g.device)
-        upto_b = torch.empty_like(upto_a)
+        flag = torch.empty(_chunk_size(g), dtype=torch.float32, device=g.device)
+        inside_flag = torch.empty(_chunk_size(g), dtype=torch.int8, device=g.device)
         for start, chunk in g.chunks():
             n = chunk.numel()
             # float32 0/1 flags: several times faster than bool comparisons on CPU; exact sums
-            torch.le(chunk, a, out=upto_a[:n])
-            between = torch.le(chunk, b, out=upto_b[:n]).sub_(upto_a[:n]).bool()
+            upto_a = torch.le(chunk, a, out=flag[:n])
+            na.append(upto_a.sum() if uniform else _count(upto_a.bool(), g, start))
+            # inside (a, b]: (score <= b) - (score <= a), as int8 0/1 flags
+            between = torch.le(chunk, b, out=inside_flag[:n]).sub_(upto_a.to(torch.int8)).view(torch.bool)
             if uniform:
-                na.append(upto_a[:n].sum())
                 vals.append(chunk[between].cpu())
             else:
-                na.append(_count(upto_a[:n].bool(), g, start))
                 i = torch.nonzero(between).view(-1)
                 vals.append(chunk[i].cpu())
                 idx.append((i + start).cpu())
@@ -333,22 +419,31 @@ def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float) -> tuple[list[
         a_counts.append(ca * g.pattern.block_numel if uniform else ca)
         v = torch.cat(vals) if vals else torch.empty(0)
         if uniform:
-            sizes = None
+            sizes = index = None
         else:
-            sizes = g.pattern.sizes_of(torch.cat(idx) if idx else torch.empty(0, dtype=torch.int64)).to(torch.int64)
-        inside.append(_Bracket(v, sizes, g.pattern.block_numel))
+            index = torch.cat(idx) if idx else torch.empty(0, dtype=torch.int64)
+            sizes = g.pattern.sizes_of(index).to(torch.int64)
+        inside.append(_Bracket(v, sizes, g.pattern.block_numel, index))
     return a_counts, inside
 
 
 class _Bracket:
     """The scores of one grid inside a bracket ``(a, b]`` (host tensors, unsorted) and their element sizes."""
 
-    def __init__(self, values: torch.Tensor, sizes: torch.Tensor | None, block_numel: int) -> None:
+    def __init__(self, values: torch.Tensor, sizes: torch.Tensor | None, block_numel: int, index: torch.Tensor | None = None) -> None:
         self.values, self.sizes, self.block_numel = values, sizes, block_numel
+        #: flat block indices of the values (unequal blocks only), ascending
+        self.index = index
 
     @property
     def elements(self) -> int:
         return int(self.sizes.sum()) if self.sizes is not None else self.values.numel() * self.block_numel
+
+    def elements_where(self, pred: torch.Tensor) -> int:
+        """Elements of the blocks whose values satisfy the bool ``pred``."""
+        if self.sizes is not None:
+            return int(self.sizes[pred].sum())
+        return int(pred.sum()) * self.block_numel
 
     def sorted(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sorted values, cumulative element counts)``."""
@@ -428,6 +523,19 @@ def global_threshold(
     ``t`` is the local threshold of every layer whose budget its bounds did not clamp, so passing it
     as :func:`select_blocks`'s ``hint`` saves each such layer its own search.
     """
+    budgets, t, _ = global_choice(grids, patterns, total, low, high)
+    return budgets, t
+
+
+def global_choice(
+    grids: Sequence[object],
+    patterns: Sequence[Pattern],
+    total: int,
+    low: Sequence[int],
+    high: Sequence[int],
+) -> tuple[list[int], float | None, list[tuple[int, int]] | None]:
+    """:func:`global_threshold` and, per layer, the elements scored ``< t`` and ``<= t`` (``None`` with ``t``);
+    pass them as :func:`choose_blocks`'s ``hint_counts``."""
     gs = [as_grid(g, p) for g, p in zip(grids, patterns)]
 
     def clamp(v: int, i: int) -> int:
@@ -435,13 +543,17 @@ def global_threshold(
 
     already = _already_pruned(gs)
     if sum(clamp(c, i) for i, c in enumerate(already)) >= total:
-        return [clamp(c, i) for i, c in enumerate(already)], None
+        return [clamp(c, i) for i, c in enumerate(already)], None, None
 
     def reaches(c: list[int]) -> bool:
         return sum(clamp(v, i) for i, v in enumerate(c)) >= total
 
-    t = find_threshold(gs, patterns, reaches, total)
-    below, upto = _counts(gs, [("lt", t), ("le", t)])
+    t, found = _find(gs, patterns, reaches, total)
+    if found is not None:
+        counts = found.counts(t)
+        below, upto = [c[0] for c in counts], [c[1] for c in counts]
+    else:
+        below, upto = _counts(gs, [("lt", t), ("le", t)])
     base = [clamp(c, i) for i, c in enumerate(below)]
     cap = [clamp(c, i) for i, c in enumerate(upto)]
     remaining = total - sum(base)
@@ -450,4 +562,4 @@ def global_threshold(
         extra = max(0, min(cap[i] - base[i], remaining))
         remaining -= extra
         budgets.append(base[i] + extra)
-    return budgets, t
+    return budgets, t, list(zip(below, upto))

@@ -22,7 +22,9 @@ counted either.
 
 from __future__ import annotations
 
+import sys
 import warnings
+import weakref
 from typing import Any, Literal, Mapping
 
 import torch
@@ -31,7 +33,7 @@ from torch import nn
 from prunekit.config import PruningConfig, load_config
 from prunekit.errors import PruningError
 from prunekit.pruner.group import PrunerGroup, PruningRecord
-from prunekit.pruner.masks import reapply_needed
+from prunekit.pruner.masks import apply_mask_, mask_optimizer_state_, reapply_needed
 from prunekit.pruner.report import LayerReport, PruningReport
 from prunekit.pruner.selection import select_layers, unwrap_model
 
@@ -39,6 +41,26 @@ __all__ = ["Pruning", "prepare_pruning", "STATE_FORMAT"]
 
 #: version of the layout of :meth:`Pruning.state_dict`
 STATE_FORMAT = 1
+
+#: backward passes without an optimizer step the session saw, after which it warns (gradient
+#: accumulation never gets near this; an abandoned optimizer does)
+BACKWARDS_WITHOUT_STEP = 1000
+
+#: ``id(weight) -> (weakref to the weight, weakref to the session, group name, layer name)``: which
+#: live session prunes each weight, so a second session on the same layer is refused
+_OWNERS: dict[int, tuple[weakref.ref, weakref.ref, str, str]] = {}
+
+
+def _owner_of(weight: torch.Tensor) -> tuple["Pruning", str, str] | None:
+    entry = _OWNERS.get(id(weight))
+    if entry is None:
+        return None
+    weight_ref, session_ref, group, layer = entry
+    session = session_ref()
+    if weight_ref() is not weight or session is None or session._closed:
+        del _OWNERS[id(weight)]
+        return None
+    return session, group, layer
 
 
 class Pruning:
@@ -49,6 +71,14 @@ class Pruning:
     already keeps pruned weights exactly zero (see :mod:`prunekit.pruner.masks`); ``"always"``
     re-applies after every step. ``sync_masks``: broadcast rank 0's masks after each event (default:
     when ``torch.distributed`` is initialized with more than one rank).
+
+    **Guards.** A weight belongs to one live session (a second session on it is refused until the
+    first is finalized or closed). Each pruned weight carries a gradient hook that notices when the
+    weight was changed by something other than an optimizer step the session saw (a new optimizer
+    the session is not attached to, a load of dense weights): a pruned weight that grew back is a
+    :class:`PruningError` at the next backward pass, other changes a warning. A Parameter replaced
+    after the session was built (``load_state_dict(..., assign=True)``) or resized is an error at
+    the next step, report or save.
     """
 
     def __init__(
@@ -61,6 +91,8 @@ class Pruning:
     ) -> None:
         if reapply not in ("auto", "always"):
             raise ValueError(f"reapply must be 'auto' or 'always', got {reapply!r}")
+        if sync_masks is not None and not isinstance(sync_masks, bool):
+            raise TypeError(f"sync_masks must be True, False or None, got {sync_masks!r}")
         self.model = model
         self.config: PruningConfig = load_config(config)
         self.reapply = reapply
@@ -79,13 +111,70 @@ class Pruning:
                     )
                 owner[id(layer.weight)] = (str(group_cfg.name), layer.name)
             self.groups.append(PrunerGroup(group_cfg, layers))
+        self._closed = False
+        self._claim_layers()
         self.history: list[PruningRecord] = []
         self._step = 0
         self._optimizers: list[torch.optim.Optimizer] = []
         self._handles: list[Any] = []
+        #: the frame of the optimizer step in progress (hooks fire twice when a subclass calls super().step())
+        self._step_frame: Any = None
+        self._nested = 0
         self._in_step = False
         self._finalized = False
         self._optimizer_steps_seen = 0
+        #: the layers in session order, the weight versions after the last step the session saw
+        #: (None: no baseline yet) and the backward passes since then (see :meth:`_on_backward`)
+        self._layers = [(group, layer) for group in self.groups for layer in group.layers]
+        self._versions: list[int] | None = None
+        self._backwards = 0
+        self._warned: set[str] = set()
+        self._grad_handles = self._register_grad_hooks()
+
+    def _claim_layers(self) -> None:
+        """Refuse layers another live session prunes; then record this session as their owner."""
+        for group in self.groups:
+            for layer in group.layers:
+                found = _owner_of(layer.weight)
+                if found is not None:
+                    other, other_group, other_layer = found
+                    raise PruningError(
+                        f"layer {layer.name!r} (pruner {group.name!r}) is already pruned by another live session "
+                        f"({other!r}, pruner {other_group!r}, layer {other_layer!r}); two sessions on one weight "
+                        f"overwrite each other's masks (e.g. 4x1 then 2:4 satisfies neither). Call finalize() or "
+                        f"close() on the first session, or exclude the layer from one of them"
+                    )
+        me = weakref.ref(self)
+        for group in self.groups:
+            for layer in group.layers:
+                _OWNERS[id(layer.weight)] = (weakref.ref(layer.weight), me, group.name, layer.name)
+
+    def _release_layers(self) -> None:
+        for group in self.groups:
+            for layer in group.layers:
+                entry = _OWNERS.get(id(layer.weight))
+                if entry is not None and entry[1]() is self:
+                    del _OWNERS[id(layer.weight)]
+
+    def _register_grad_hooks(self) -> list[Any]:
+        """One post-accumulate-grad hook per trainable pruned weight (a weak reference to the session)."""
+        me = weakref.ref(self)
+        handles = []
+        #: the layer whose hook counts backward passes (the first trainable one)
+        self._counting_layer = -1
+        for index, (_, layer) in enumerate(self._layers):
+            if layer.frozen or not hasattr(layer.weight, "register_post_accumulate_grad_hook"):
+                continue
+            if self._counting_layer < 0:
+                self._counting_layer = index
+
+            def hook(param: torch.Tensor, index: int = index) -> None:
+                session = me()
+                if session is not None:
+                    session._on_backward(index, param)
+
+            handles.append(layer.weight.register_post_accumulate_grad_hook(hook))
+        return handles
 
     # ------------------------------------------------------------------ properties
     @property
@@ -96,6 +185,7 @@ class Pruning:
     @property
     def masks(self) -> dict[str, torch.Tensor]:
         """``{layer name: bool mask of the weight's shape}``, True = kept (fresh tensors, on the weight's device)."""
+        self._check_layers()
         out: dict[str, torch.Tensor] = {}
         for group in self.groups:
             out.update(group.masks)
@@ -105,9 +195,19 @@ class Pruning:
     def attached(self) -> bool:
         return bool(self._handles)
 
+    @property
+    def optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer the session is attached to (None when detached)."""
+        return self._optimizers[0] if self._optimizers else None
+
     # ------------------------------------------------------------------ attach
     def attach(self, optimizer: torch.optim.Optimizer, *, hooks: bool = True) -> "Pruning":
         """Drive the session from ``optimizer``'s step pre/post hooks; returns ``self``.
+
+        Attaching while attached re-attaches: the previous optimizer's hooks are removed, so after
+        creating a new optimizer mid-training call ``attach(new_optimizer)``. Attaching applies the
+        masks to the weights and to ``optimizer``'s state (pruned entries zeroed), so weights that
+        grew back under an optimizer the session did not see are pruned again.
 
         ``hooks=False`` registers no hook: the session only learns which optimizer steps the pruned
         weights (so events also zero its state for pruned entries), and the caller runs
@@ -120,11 +220,9 @@ class Pruning:
             raise PruningError(
                 f"attach() needs the torch.optim.Optimizer that trains the model, got {type(optimizer).__name__}"
             )
-        if self._optimizers:
-            raise PruningError(
-                "the session is already attached to an optimizer; one optimizer step is one pruning step, so attach "
-                "only the optimizer that steps the pruned weights"
-            )
+        if self._in_step and not self.attached:
+            raise PruningError("attach() between on_before_optimizer_step() and on_after_optimizer_step(); attach between steps")
+        self._check_layers()
         trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
         layers = [(grp.name, l) for grp in self.groups for l in grp.layers if not l.frozen]
         missing = [f"{g}:{l.name}" for g, l in layers if id(l.weight) not in trained]
@@ -139,25 +237,78 @@ class Pruning:
                 f"at events only. Add their parameters to the optimizer if they should train",
                 stacklevel=2,
             )
-        self._optimizers.append(optimizer)
+        self._remove_optimizer_hooks()
+        self._optimizers = [optimizer]
+        self._in_step = False
         if hooks:
-            self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._before_step()))
-            self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self._after_step()))
+            self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._pre_hook()))
+            self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self._post_hook()))
+        with torch.no_grad():
+            for group in self.groups:
+                if group.has_pruned:
+                    for layer in group.layers:
+                        mask = group.mask8[layer.name]
+                        apply_mask_(layer.weight, mask)
+                        mask_optimizer_state_(self._optimizers, layer.weight, mask)
+        self._versions = None  # a new baseline after the next step
         return self
+
+    def detach(self) -> "Pruning":
+        """Stop driving the session from the attached optimizer (its hooks are removed); returns ``self``.
+
+        The masks stay in force as they are (the weights are not touched). The session pauses: no
+        event runs and nothing is checked until :meth:`attach` or the manual hooks drive it again.
+        """
+        self._check_live("detach")
+        self._remove_optimizer_hooks()
+        self._optimizers = []
+        self._in_step = False
+        self._versions = None
+        return self
+
+    def _pre_hook(self) -> None:
+        """The optimizer's step pre-hook. An optimizer subclass whose ``step`` calls ``super().step()``
+        runs the hooks twice per step (both methods are wrapped): the inner call is recognised by the
+        outer call's frame still being on the stack, and skipped with its post-hook."""
+        caller = sys._getframe(2)  # torch's wrapper that calls the hooks (via the registered lambda)
+        outer = self._step_frame
+        if outer is not None:
+            frame, depth = caller.f_back, 0
+            while frame is not None and depth < 64:
+                if frame is outer:
+                    self._nested += 1
+                    return
+                frame, depth = frame.f_back, depth + 1
+        self._step_frame, self._nested = caller, 0
+        self._before_step()
+
+    def _post_hook(self) -> None:
+        if self._nested:
+            self._nested -= 1
+            return
+        self._step_frame = None
+        self._after_step()
+
+    def _remove_optimizer_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._step_frame, self._nested = None, 0
 
     # ------------------------------------------------------------------ manual hooks
     def on_train_begin(self) -> None:
         """Start of training (checks only)."""
         self._check_live("on_train_begin")
+        self._check_layers()
 
     def on_step_begin(self, local_step: int | None = None) -> None:
-        """Start of an iteration (INC passes ``local_step``; it is not needed). Checks only."""
+        """Start of an iteration (INC passes ``local_step``; it is not needed).
+
+        Between ``on_before_optimizer_step()`` and ``on_after_optimizer_step()`` it means the
+        optimizer step did not happen (``optimizer.step()`` raised): the step is retried.
+        """
         self._check_live("on_step_begin")
-        if self._in_step:
-            raise PruningError(
-                "on_step_begin() called between on_before_optimizer_step() and on_after_optimizer_step(); "
-                "call on_after_optimizer_step() right after optimizer.step()"
-            )
+        self._in_step = False
 
     def on_before_optimizer_step(self) -> None:
         """After ``backward()``, before ``optimizer.step()``: scores, the step's event, gradient masking."""
@@ -172,7 +323,7 @@ class Pruning:
     def on_step_end(self) -> None:
         """End of an iteration (checks only)."""
         self._check_live("on_step_end")
-        if self._in_step:
+        if self._in_step and not self.attached:
             raise PruningError(
                 "on_step_end() called after on_before_optimizer_step() without on_after_optimizer_step(); "
                 "call on_after_optimizer_step() right after optimizer.step()"
@@ -186,10 +337,13 @@ class Pruning:
         criteria need gradients, so run ``loss.backward()`` first. Returns the event's record.
         """
         self._check_live("prune_now")
+        if self._in_step and not self.attached:
+            raise PruningError("prune_now() inside an optimizer step; call it between steps")
         before = len(self.history)
         self._before_step()
         self._after_step()
         self._optimizer_steps_seen -= 1  # no optimizer step was taken
+        self._versions = None  # nor a baseline for the guards (the model may be wrapped or moved next)
         return self.history[-1] if len(self.history) > before else None
 
     def on_train_end(self) -> None:
@@ -201,6 +355,8 @@ class Pruning:
     def _check_live(self, what: str) -> None:
         if self._finalized:
             raise PruningError(f"{what}() after finalize(): the session is closed; build a new Pruning to prune again")
+        if self._closed:
+            raise PruningError(f"{what}() after close(): the session is closed; build a new Pruning to prune again")
 
     def _check_manual(self, what: str) -> None:
         self._check_live(what)
@@ -210,13 +366,25 @@ class Pruning:
                 f"optimizer.step(); remove the manual call, or do not attach()"
             )
 
+    def _check_layers(self) -> None:
+        for group in self.groups:
+            group.check_layers()
+
     def _before_step(self) -> None:
         self._check_live("optimizer step")
         if self._in_step:
-            raise PruningError(
-                "two optimizer steps began without on_after_optimizer_step() in between; call "
-                "on_before_optimizer_step() before and on_after_optimizer_step() after each optimizer.step()"
-            )
+            # the previous optimizer step began but never finished: optimizer.step() raised after the
+            # pre-step work (with hooks, torch runs the post-step hook only when step() returns)
+            if not self.attached:
+                warnings.warn(
+                    f"on_before_optimizer_step() again without on_after_optimizer_step(): optimizer step "
+                    f"{self._step} is retried (expected when optimizer.step() raised; otherwise call "
+                    f"on_after_optimizer_step() right after every optimizer.step())",
+                    stacklevel=3,
+                )
+            self._in_step = False
+        self._check_layers()
+        self._check_versions("optimizer step")
         for group in self.groups:
             record = group.before_step(self._step, self._optimizers, self.sync_masks)
             if record is not None:
@@ -235,6 +403,73 @@ class Pruning:
         self._step += 1
         self._optimizer_steps_seen += 1
         self._in_step = False
+        self._versions = [layer.weight._version for _, layer in self._layers]
+        self._backwards = 0
+
+    # ------------------------------------------------------------------ guards
+    def _on_backward(self, index: int, param: torch.Tensor) -> None:
+        """Gradient hook of pruned weight ``index``: the weight must be as the last step left it."""
+        if self._closed or self._finalized or self._versions is None:
+            return
+        group, layer = self._layers[index]
+        if param is not layer.weight:
+            return
+        if index == self._counting_layer:
+            self._backwards += 1
+            if self._backwards == BACKWARDS_WITHOUT_STEP and self.attached:
+                self._warn_once(
+                    "backwards",
+                    f"{BACKWARDS_WITHOUT_STEP} backward passes since the last optimizer step the pruning session saw "
+                    f"(step {self._step}): if you created a new optimizer, call pruning.attach(new_optimizer); "
+                    f"if pruning is over, call pruning.finalize()",
+                )
+        if param._version != self._versions[index]:
+            self._foreign_change(index, "backward pass")
+
+    def _check_versions(self, where: str) -> None:
+        if self._versions is None:
+            return
+        for index, (_, layer) in enumerate(self._layers):
+            if layer.weight._version != self._versions[index]:
+                self._foreign_change(index, where)
+                return
+
+    @torch.no_grad()
+    def _foreign_change(self, index: int, where: str) -> None:
+        """A pruned weight changed outside the optimizer steps the session saw: an error when a pruned
+        entry is no longer zero, else a warning (once); then a new baseline."""
+        group, layer = self._layers[index]
+        versions = self._versions
+        self._versions = None
+        regrown = []
+        for g, l in self._layers:
+            if g.has_pruned:
+                grown = int(torch.count_nonzero(l.weight.detach().ne(0).logical_and_(g.mask8[l.name] == 0)))
+                if grown:
+                    regrown.append(f"{l.name!r} ({grown:,} of {l.numel:,} weights)")
+        cause = (
+            "a new optimizer the session is not attached to (call pruning.attach(new_optimizer)), "
+            "model.load_state_dict(...) of other weights (load the pruning state too: pruning.load_state_dict(state)), "
+            "or an in-place edit of the weights"
+        )
+        if regrown:
+            self._versions = versions  # every later backward pass fails too, until attach() or a load
+            raise PruningError(
+                f"pruned weights grew back in {', '.join(regrown)} of the pruning session at step {self._step}: the "
+                f"weights were changed outside the optimizer steps the session saw (noticed at a {where}). Likely "
+                f"{cause}. Masks are applied again by attach() and load_state_dict()"
+            )
+        self._warn_once(
+            "foreign",
+            f"layer {layer.name!r} (pruner {group.name!r}) was changed outside the optimizer steps the pruning session "
+            f"saw (noticed at a {where}, step {self._step}); pruning events only run on steps the session sees. Likely {cause}",
+        )
+        self._versions = [l.weight._version for _, l in self._layers]
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=4)
 
     def _warn_if_never_stepped(self) -> None:
         if self._optimizer_steps_seen == 0 and not self.history:
@@ -248,6 +483,7 @@ class Pruning:
     @torch.no_grad()
     def report(self) -> PruningReport:
         """Per-layer rows; sparsity is the element-wise fraction of zeros of the live weights."""
+        self._check_layers()
         rows = []
         for group in self.groups:
             for layer in group.layers:
@@ -273,22 +509,45 @@ class Pruning:
         Returns the (unwrapped) model; its ``state_dict()`` keys are those of the plain model.
         """
         self._check_live("finalize")
-        if self._in_step:
+        if self._in_step and not self.attached:
             raise PruningError("finalize() between on_before_optimizer_step() and on_after_optimizer_step()")
+        self._check_layers()
         self._warn_if_never_stepped()
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
         for group in self.groups:
             group.reapply()
+        self._end()
         self._finalized = True
         return unwrap_model(self.model)
 
+    def close(self) -> None:
+        """End the session without touching the weights: hooks removed, layers free for another session.
+
+        For a session abandoned mid-way (a crashed run restarted in the same process); use
+        :meth:`finalize` at the end of training. Closing twice is allowed.
+        """
+        if self._closed or self._finalized:
+            return
+        self._end()
+        self._closed = True
+
+    def _end(self) -> None:
+        self._remove_optimizer_hooks()
+        for handle in self._grad_handles:
+            handle.remove()
+        self._grad_handles.clear()
+        self._release_layers()
+        self._in_step = False
+        self._versions = None
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue: step, config, per-group scheduler/masks/scores, history."""
-        if self._in_step:
+        """Everything needed to continue: step, config, per-group scheduler/masks/scores, history.
+
+        Only tensors and plain Python values: it loads with ``torch.load(..., weights_only=True)``.
+        """
+        if self._in_step and not self.attached:
             raise PruningError("state_dict() during an optimizer step; save between steps")
+        self._check_layers()
         return {
             "format": STATE_FORMAT,
             "global_step": self._step,
@@ -298,23 +557,72 @@ class Pruning:
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` into a session built with the same config on the same architecture."""
+        """Restore :meth:`state_dict` into a session built with the same config on the same architecture.
+
+        The whole state is checked before anything changes: a refused state raises
+        :class:`PruningError` listing every problem and leaves the model, the optimizer and the
+        session exactly as they were.
+        """
         self._check_live("load_state_dict")
-        if state_dict.get("format") != STATE_FORMAT:
-            raise PruningError(f"unsupported pruning state format {state_dict.get('format')!r} (expected {STATE_FORMAT})")
-        saved, mine = state_dict["config"], self.config.model_dump(mode="json")
-        if saved != mine:
-            raise PruningError(
-                f"the saved pruning state was made with a different config (saved: {saved}; now: {mine}); "
-                f"build the session with the config it was saved with"
-            )
-        groups = state_dict["groups"]
+        self._check_layers()
+        problems = self._check_state(state_dict)
+        if problems:
+            raise PruningError("the pruning state cannot be loaded (nothing was changed):\n  " + "\n  ".join(problems))
+        history = [PruningRecord.from_dict(record) for record in state_dict["history"]]
         for group in self.groups:
-            group.load_state_dict(groups[group.name])
+            group.apply_state(state_dict["groups"][group.name])
         self._step = int(state_dict["global_step"])
         self._optimizer_steps_seen = self._step  # steps taken before the save count as observed
-        self.history = [PruningRecord(**record) for record in state_dict["history"]]
+        self.history = history
         self._in_step = False
+        self._versions = None
+
+    def _check_state(self, state: Any) -> list[str]:
+        if not isinstance(state, Mapping):
+            return [f"expected the mapping Pruning.state_dict() returns, got {type(state).__name__}"]
+        if state.get("format") != STATE_FORMAT:
+            return [f"format: unsupported pruning state format {str(state.get('format'))[:40]!r} (expected {STATE_FORMAT})"]
+        missing = [k for k in ("global_step", "config", "groups", "history") if k not in state]
+        if missing:
+            return [f"missing key(s) {', '.join(missing)}; pass what Pruning.state_dict() returned"]
+        problems: list[str] = []
+        saved, mine = state["config"], self.config.model_dump(mode="json")
+        if saved != mine:
+            problems.append(
+                f"config: the state was made with a different config (saved: {str(saved)[:600]}; now: {str(mine)[:600]}); "
+                f"build the session with the config it was saved with"
+            )
+        step = state["global_step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            problems.append(f"global_step: expected an integer >= 0, got {str(step)[:60]!r}")
+        groups = state["groups"]
+        if not isinstance(groups, Mapping):
+            problems.append(f"groups: expected a mapping of group name to group state, got {type(groups).__name__}")
+        else:
+            names = [group.name for group in self.groups]
+            problems += [f"groups[{str(n)[:60]!r}]: no such pruner group (groups: {', '.join(names)})" for n in groups if n not in names]
+            for group in self.groups:
+                if group.name not in groups:
+                    problems.append(f"groups[{group.name!r}]: missing")
+                    continue
+                found = group.check_state(groups[group.name], f"groups[{group.name!r}]")
+                last = groups[group.name].get("scheduler", {}).get("last_step") if not found else None
+                if isinstance(last, int) and isinstance(step, int) and last > step:
+                    found.append(
+                        f"groups[{group.name!r}].scheduler.last_step: the event of step {last} fired after the saved "
+                        f"global_step {step}; the state is inconsistent (edited or corrupted): save it again"
+                    )
+                problems += found
+        history = state["history"]
+        if not isinstance(history, (list, tuple)):
+            problems.append(f"history: expected a list of event records, got {type(history).__name__}")
+        else:
+            for i, record in enumerate(history):
+                try:
+                    PruningRecord.from_dict(record)
+                except ValueError as err:
+                    problems.append(f"history[{i}]: {err}")
+        return problems
 
     def __repr__(self) -> str:
         names = ", ".join(f"{g.name}({len(g.layers)} layers)" for g in self.groups)

@@ -94,7 +94,7 @@ def test_checkpoint_and_resume_match_an_uninterrupted_run(tmp_path):
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1)
     first = Classifier()
     trainer(tmp_path / "cut", [PruningCallback(CONFIG), ckpt], max_epochs=1).fit(first, loader())  # "killed" after epoch 1 (step 8)
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     state = saved["callbacks"]["prunekit.PruningCallback"]
     assert state["global_step"] == 8 and [r["step"] for r in state["history"]] == [2, 4, 6]  # step 8 not taken yet
 
@@ -124,7 +124,7 @@ def test_logged_sparsity_equals_the_saved_weights(tmp_path):
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     model = Classifier()
     trainer(tmp_path, [PruningCallback(CONFIG), ckpt], max_epochs=2).fit(model, loader())
-    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
     weights = {name: saved["state_dict"][f"{name}.weight"] for name in ("net.0", "net.2")}
     import csv
 

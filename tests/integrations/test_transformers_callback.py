@@ -102,7 +102,7 @@ def test_reported_sparsity_equals_the_saved_weights(tmp_path):
     trainer = make_trainer(tmp_path, [callback])
     trainer.train()
     saved = load_file(str(tmp_path / "checkpoint-14" / "model.safetensors"))
-    state = torch.load(tmp_path / "checkpoint-14" / STATE_FILE, weights_only=False)
+    state = torch.load(tmp_path / "checkpoint-14" / STATE_FILE, weights_only=True)
     for name, mask in state["groups"]["mlp"]["masks"].items():
         weight = saved[f"{name}.weight"]
         assert torch.equal(weight == 0, ~mask)  # every pruned weight is zero in the saved checkpoint

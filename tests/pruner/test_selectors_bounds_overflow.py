@@ -87,8 +87,10 @@ def test_a_resumed_session_does_not_warn_that_no_step_was_observed():
         model(torch.randn(2, 8)).sum().backward()
         optimizer.step()
         optimizer.zero_grad()
+    state = first.state_dict()
+    first.close()  # one live session per weight
     resumed = pk.Pruning(model, config)
-    resumed.load_state_dict(first.state_dict())
+    resumed.load_state_dict(state)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         resumed.finalize()
