@@ -19,6 +19,7 @@ from prunekit.data import (
 from prunekit.errors import ConfigError, ConfigProblem, PruningError, PrunekitError, RegistryError
 from prunekit.pruner import (
     Criterion,
+    PrunerGroup,
     GradientCriterion,
     LayerReport,
     MagnitudeCriterion,
@@ -32,12 +33,18 @@ from prunekit.pruner import (
 from prunekit.registry import (
     CRITERIA,
     PATTERNS,
+    PRUNERS,
+    REGULARIZERS,
     SCHEDULERS,
     Registry,
+    get_pruner,
     get_scheduler,
+    list_pruners,
     list_schedulers,
+    register_pruner,
     register_scheduler,
 )
+from prunekit.regularization import GroupLassoConfig, Regularizer, RegularizerConfig, register_regularizer
 from prunekit.schedulers.data import (
     AGPDataScheduler,
     BaseDataScheduler,
@@ -93,6 +100,16 @@ __all__ = [
     "OneshotConfig",
     "OneshotScheduler",
     "PATTERNS",
+    "PRUNERS",
+    "REGULARIZERS",
+    "GroupLassoConfig",
+    "Regularizer",
+    "RegularizerConfig",
+    "register_regularizer",
+    "register_pruner",
+    "get_pruner",
+    "list_pruners",
+    "PrunerGroup",
     "prepare_pruning",
     "PrunekitError",
     "PrunerConfig",

@@ -25,6 +25,7 @@ EXAMPLES = {
     "validate": "prunekit validate configs/multi_group.yaml\n  prunekit validate my.yaml --model my_models:build_model",
     "plan": "prunekit plan configs/iterative_90.yaml\n  prunekit plan configs/multi_group.yaml --plot schedule.png",
     "schedulers": "prunekit schedulers\n  prunekit schedulers --plugin my_package.schedulers",
+    "pruners": "prunekit pruners\n  prunekit pruners --plugin my_package.pruners",
     "schema": "prunekit schema > prunekit.schema.json",
     "demo": "prunekit demo\n  prunekit demo --quick --out /tmp/demo",
     "report": "prunekit report checkpoints/last.pt\n  prunekit report out/checkpoint-500/model.safetensors",
@@ -72,15 +73,21 @@ def _describe_selection(model: Any, config: Any) -> str:
     on a layer whose input size is not a multiple of M is an error naming the layer).
     """
     from prunekit.pruner import Pruning
+    from prunekit.pruner.selection import find_classifier_head
 
     session = Pruning(model, config)
     rows = []
     for group in session.groups:
         for layer in group.layers:
             frozen = " (frozen)" if layer.frozen else ""
-            rows.append([group.name, layer.name + frozen, type(layer.module).__name__, "x".join(map(str, layer.weight.shape)), group.config.pattern])
+            rows.append([group.name, layer.name + frozen, type(layer.module).__name__, "x".join(map(str, layer.weight.shape)), group.pattern_label])
     total = sum(layer.numel for group in session.groups for layer in group.layers)
-    return _table(["group", "layer", "type", "shape", "pattern"], rows) + f"\n{len(rows)} layer(s), {total:,} weights"
+    text = _table(["group", "layer", "type", "shape", "pattern"], rows) + f"\n{len(rows)} layer(s), {total:,} weights"
+    head = find_classifier_head(model) if any(g.exclude_head for g in session.config.pruners) else None
+    if head is not None:
+        text += f"\n{head[0]} ({type(head[1]).__name__}): the classifier head, left dense (exclude_head)"
+    session.close()
+    return text
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -136,6 +143,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"\n{len(rows)} layers, {total:,} weights, {zeros / total:.2%} zero overall")
     if pruning is not None:
         print(f"prunekit pruning state: global_step {pruning['global_step']}, {len(pruning.get('history', []))} event(s)")
+    return 0
+
+
+def cmd_pruners(args: argparse.Namespace) -> int:
+    from prunekit.config import PrunerConfig
+    from prunekit.registry import PRUNERS, REGULARIZERS
+
+    rows = []
+    base = set(PrunerConfig.model_fields)
+    for entry in PRUNERS.entries():
+        model = entry.config if entry.config is not None else PrunerConfig
+        own = ", ".join(k for k in model.model_fields if k not in base) or "-"
+        unused = ", ".join(sorted(model.unused_keys)) or "-"
+        origin = f"plugin {entry.plugin}" if entry.plugin else entry.obj.__module__
+        rows.append([entry.name, own, unused, entry.description, origin])
+    print(_table(["pruner type", "own keys", "keys not used", "description", "from"], rows))
+    print()
+    regs = [[e.name, ", ".join(k for k in e.config.model_fields if k != "type") if e.config else "-", e.description] for e in REGULARIZERS.entries()]
+    print(_table(["regularizer", "keys", "description"], regs))
     return 0
 
 
@@ -220,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "Per-layer shape, element-wise sparsity and the patterns the zeros satisfy.")
     p.add_argument("checkpoint", help="a state_dict, a training checkpoint (.pt/.ckpt) or a model.safetensors")
     add("schedulers", cmd_schedulers, "List registered schedulers (weight and data), plugins included.")
+    add("pruners", cmd_pruners, "List registered pruner types and regularizers, plugins included.")
     add("schema", cmd_schema, "Print the JSON Schema of the config (for editor completion).")
     return parser
 

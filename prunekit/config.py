@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, ClassVar, Literal, Mapping
 
 from pydantic import (
     BaseModel,
@@ -40,6 +40,7 @@ from prunekit.data.config import DataSparsityConfig, data_sparsity_model_at
 from prunekit.errors import ConfigError, ConfigProblem, RegistryError
 from prunekit.inc import (
     INC_KEYS,
+    INC_PRUNING_TYPES,
     INC_UNSUPPORTED_CRITERIA,
     PRUNEKIT_TOP_KEYS,
     WeightPruningConfig,
@@ -47,7 +48,8 @@ from prunekit.inc import (
     translate_inc,
 )
 from prunekit.pattern_syntax import PATTERN_SYNTAX_HELP, PatternSpec, parse_pattern
-from prunekit.registry import CRITERIA, SCHEDULERS, suggest
+from prunekit.regularization import RegularizerConfig
+from prunekit.registry import CRITERIA, PRUNERS, REGULARIZERS, SCHEDULERS, suggest
 from prunekit.schedulers.base import SchedulerConfig, WeightSchedulerConfig, crashed_validator_message
 from prunekit.schedulers.oneshot import OneshotConfig
 from prunekit.validation import (
@@ -65,6 +67,7 @@ __all__ = [
     "CONFIG_VERSION",
     "PrunerConfig",
     "PruningConfig",
+    "validate_pruner_config",
     "WeightPruningConfig",
     "INC_KEYS",
     "load_config",
@@ -111,18 +114,49 @@ def _validate_scheduler(value: Any, handler: ValidatorFunctionWrapHandler) -> Sc
 SchedulerField = Annotated[SerializeAsAny[WeightSchedulerConfig], WrapValidator(_validate_scheduler)]
 
 
+def _validate_regularizer(value: Any, handler: ValidatorFunctionWrapHandler) -> RegularizerConfig | None:
+    """Dispatch a regularizer mapping on its ``type`` to the config model that type registered."""
+    if value is None or isinstance(value, RegularizerConfig) and type(value) is REGULARIZERS.config_of(value.type):
+        return value
+    if isinstance(value, RegularizerConfig):
+        value = value.model_dump()
+    if isinstance(value, str):  # shorthand: `regularizer: group_lasso`
+        value = {"type": value}
+    if not isinstance(value, Mapping):
+        raise rule_error(f"expected a regularizer mapping, got {short_repr(value)}", "write e.g. {type: group_lasso, reg_coeff: 0.1}")
+    type_name = value.get("type")
+    if not isinstance(type_name, str) or type_name not in REGULARIZERS:
+        raise rule_error(f"unknown regularizer type {short_repr(type_name)}", REGULARIZERS.unknown_hint(type_name))
+    model = REGULARIZERS.config_of(type_name)
+    assert model is not None
+    return model.model_validate(dict(value))
+
+
+RegularizerField = Annotated[SerializeAsAny[RegularizerConfig] | None, WrapValidator(_validate_regularizer)]
+
+
 # ---------------------------------------------------------------------------- pruner group
 def _criterion_names() -> list[str]:
     import prunekit.pruner.criteria  # noqa: F401  (registers the built-in criteria)
+    import prunekit.pruner.types  # noqa: F401  (and the criteria of the pruner types)
 
     return CRITERIA.names()
 
 
 class PrunerConfig(StrictNumbersModel):
-    """One pruner group: which layers, which pattern and criterion, how sparse, and when."""
+    """One pruner group: which layers, which pattern and criterion, how sparse, and when.
+
+    ``type`` names the pruner type (``basic``, the default: score, select and mask at the
+    scheduler's events); every registered type validates the group with its own subclass of this
+    model (see ``prunekit pruners``).
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    #: keys of the base model a type does not use: ``defaults`` never give them to its groups, and
+    #: setting one in the group is an error that says so
+    unused_keys: ClassVar[frozenset[str]] = frozenset()
 
+    type: str = Field("basic", description="Pruner type (see `prunekit pruners`): basic, pattern_lock, progressive, block_mask.")
     name: str | None = Field(None, description="Group name (default: pruner<index>); unique.")
     op_names: list[str] = Field(
         default_factory=list,
@@ -135,7 +169,7 @@ class PrunerConfig(StrictNumbersModel):
         default_factory=lambda: ["Linear", "Conv"],
         description="Module class names; an entry matches a class whose name starts with it ('Conv' matches Conv2d).",
     )
-    pattern: str = Field("1x1", description="NxM blocks (1x1, 4x1), N:M (2:4), channelx1 or 1xchannel.")
+    pattern: str = Field("1x1", description="NxM blocks (1x1, 4x1), N:M (2:4), channelxM (channelx1) or Nxchannel (1xchannel).")
     criterion: str = Field("magnitude", description="magnitude, gradient, snip or snip_momentum.")
     reduce: Literal["mean", "sum", "max"] = Field("mean", description="How scores are reduced over a block.")
     scope: Literal["local", "global"] = Field(
@@ -147,6 +181,49 @@ class PrunerConfig(StrictNumbersModel):
     scheduler: SchedulerField = Field(
         default_factory=lambda: OneshotConfig(), description="When to prune (see `prunekit schedulers`)."
     )
+    lock_init_sparsity: bool = Field(
+        False,
+        description="Keep the zeros the weights have at start_step and start the schedule from their fraction "
+        "(continue pruning a pruned checkpoint; INC's lock_init_sparsity).",
+    )
+    regularizer: RegularizerField = Field(
+        None, description="Regularization during the pruning window, e.g. {type: group_lasso, reg_coeff: 0.1}."
+    )
+    exclude_head: bool = Field(
+        False,
+        description="Leave the model's classifier head dense (its last Linear/Conv2d, tied weights included), "
+        "as INC did; on by default for INC-form configs.",
+    )
+    unmatched_selectors: Literal["error", "warn"] = Field(
+        "error", description="An op_names/excluded_op_names entry that matches nothing: an error, or a warning (INC-form configs)."
+    )
+
+    @model_validator(mode="after")
+    def _unused_keys_unset(self) -> "PrunerConfig":
+        used = sorted(self.unused_keys & self.model_fields_set)
+        if used:
+            raise rule_error(
+                f"pruner type {self.type!r} does not use {', '.join(used)}",
+                f"remove {', '.join(used)} from this group (see `prunekit pruners` for what {self.type} reads)",
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _regularizer_fits_pattern(self) -> "PrunerConfig":
+        if self.regularizer is not None and self.regularizer.type == "group_lasso" and parse_pattern(self.pattern).kind == "nm":
+            raise rule_error(
+                f"group_lasso shrinks blocks, and pattern {self.pattern} has none",
+                "use a block pattern (NxM, channelxM, Nxchannel) with group_lasso, or remove the regularizer",
+            )
+        return self
+
+    @field_validator("type")
+    @classmethod
+    def _registered_type(cls, value: str) -> str:
+        _pruner_types()
+        if value not in PRUNERS:
+            raise rule_error(f"unknown pruner type {short_repr(value)}", PRUNERS.unknown_hint(value))
+        return value
 
     @field_validator("op_names")
     @classmethod
@@ -177,6 +254,11 @@ class PrunerConfig(StrictNumbersModel):
         names = _criterion_names()
         if value in names:
             return value
+        as_type = INC_PRUNING_TYPES.get(value)
+        if as_type is not None:
+            kind, criterion = as_type
+            fix = f"write type: {kind}" + (f" with criterion: {criterion}" if criterion else "") + " (INC's pruning_type mapped this way)"
+            raise rule_error(f"{value!r} is a pruner type, not a criterion", fix)
         inc = INC_UNSUPPORTED_CRITERIA.get(value)
         if inc is not None:
             raise rule_error(f"criterion {value!r} is not supported by prunekit ({inc})", f"use one of {', '.join(names)}")
@@ -236,7 +318,63 @@ class PrunerConfig(StrictNumbersModel):
         return parse_pattern(self.pattern)
 
 
-_GROUP_KEYS = tuple(k for k in PrunerConfig.model_fields if k != "name")
+def _pruner_types() -> list[str]:
+    import prunekit.pruner.types  # noqa: F401  (registers the built-in pruner types)
+
+    return PRUNERS.names()
+
+
+def _pruner_model(type_name: Any) -> type[PrunerConfig]:
+    """The config model registered for pruner type ``type_name`` (``PrunerConfig`` when unknown: its own
+    ``type`` check reports it)."""
+    _pruner_types()
+    if isinstance(type_name, str) and type_name in PRUNERS:
+        model = PRUNERS.config_of(type_name)
+        if model is not None and issubclass(model, PrunerConfig):
+            return model
+    return PrunerConfig
+
+
+def _validate_pruner(value: Any, handler: ValidatorFunctionWrapHandler) -> PrunerConfig:
+    """Dispatch a pruner group mapping on its ``type`` to the config model that type registered."""
+    if isinstance(value, PrunerConfig):
+        if type(value) is _pruner_model(value.type):
+            return value
+        value = value.model_dump(exclude_unset=True)
+    if not isinstance(value, Mapping):
+        raise rule_error(f"expected a pruner group mapping, got {short_repr(value)}", "write e.g. {target_sparsity: 0.5}")
+    model = _pruner_model(value.get("type", "basic"))
+    try:
+        return model.model_validate(dict(value))
+    except ValidationError:
+        raise
+    except Exception as err:  # a third-party validator that crashed: located, never a traceback
+        raise rule_error(
+            f"the config validator of pruner type {value.get('type')!r} raised {type(err).__name__}: {short_repr(str(err))}",
+            "fix the pruner type's config model",
+        ) from None
+
+
+PrunerField = Annotated[SerializeAsAny[PrunerConfig], WrapValidator(_validate_pruner)]
+
+
+def validate_pruner_config(config: Mapping[str, Any] | PrunerConfig, *, path: str = "pruner") -> PrunerConfig:
+    """One pruner group validated by the model its ``type`` registered; ConfigError lists every problem."""
+    try:
+        return PruningConfig.model_validate({"pruners": [config]}).pruners[0]
+    except ValidationError as err:
+        problems = problems_from_validation_error(err, model_at=lambda p: _pruner_model(config.get("type") if isinstance(config, Mapping) else getattr(config, "type", None)))
+        raise ConfigError([ConfigProblem(p.path.replace("pruners[0]", path, 1), p.what, p.fix) for p in problems]) from None
+
+
+def _group_keys() -> tuple[str, ...]:
+    """Keys ``defaults`` may set: every field of every registered pruner type but ``name``."""
+    _pruner_types()
+    keys: dict[str, None] = {}
+    for entry in PRUNERS.entries():
+        model = entry.config if entry.config is not None else PrunerConfig
+        keys.update((k, None) for k in model.model_fields if k != "name")
+    return tuple(keys)
 
 
 # ---------------------------------------------------------------------------- defaults merging
@@ -248,9 +386,13 @@ def _scheduler_mapping(value: Any) -> Any:
 def _merge_group(defaults: Mapping[str, Any], group: Mapping[str, Any]) -> dict[str, Any]:
     """``group`` over ``defaults``; scheduler mappings merge key by key when their types agree.
 
-    A group scheduler without ``type`` takes the default's type (and its other keys).
+    A group scheduler without ``type`` takes the default's type (and its other keys). Defaults the
+    group's pruner type does not read (``target_sparsity`` for ``pattern_lock``, a key only another
+    type has) are not given to it.
     """
-    merged = {k: copy.deepcopy(_scheduler_mapping(v) if k == "scheduler" else v) for k, v in defaults.items()}
+    model = _pruner_model(group.get("type", defaults.get("type", "basic")))
+    usable = {k: v for k, v in defaults.items() if k in model.model_fields and k not in model.unused_keys}
+    merged = {k: copy.deepcopy(_scheduler_mapping(v) if k == "scheduler" else v) for k, v in usable.items()}
     for key, value in group.items():
         if key == "scheduler":
             value = _scheduler_mapping(value)
@@ -278,9 +420,10 @@ def _apply_defaults(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[Path_
         if not isinstance(group, Mapping):
             merged_groups.append(group)
             continue
-        merged_groups.append(_merge_group(defaults, group))
+        merged = _merge_group(defaults, group)
+        merged_groups.append(merged)
         for key, value in defaults.items():
-            if key not in group:
+            if key not in group and key in merged:
                 origin[("pruners", i, key)] = ("defaults", key)
             elif key == "scheduler" and isinstance(value, Mapping) and isinstance(group[key], Mapping):
                 for sub in value:
@@ -300,7 +443,7 @@ class PruningConfig(StrictNumbersModel):
     defaults: dict[str, Any] = Field(
         default_factory=dict, description="Keys applied to every pruner group that does not set them."
     )
-    pruners: list[PrunerConfig] = Field(
+    pruners: list[PrunerField] = Field(
         default_factory=list, description="The pruner groups (at least one unless data_sparsity is given)."
     )
     data_sparsity: DataSparsityConfig | None = Field(
@@ -324,11 +467,12 @@ class PruningConfig(StrictNumbersModel):
     @field_validator("defaults")
     @classmethod
     def _defaults_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        keys = _group_keys()
         for key in value:
-            if key not in _GROUP_KEYS:
-                hint = suggest(key, list(_GROUP_KEYS))
+            if key not in keys:
+                hint = suggest(key, list(keys))
                 did = f"did you mean '{hint}'? " if hint else ""
-                raise rule_error(f"unknown key {short_repr(key)} in defaults", f"{did}defaults may set: {', '.join(_GROUP_KEYS)}")
+                raise rule_error(f"unknown key {short_repr(key)} in defaults", f"{did}defaults may set: {', '.join(keys)}")
         return value
 
     @field_validator("pruners")
@@ -480,7 +624,15 @@ def _model_at(data: Any, path: Path_) -> type[BaseModel] | None:
     if path and path[0] == "data_sparsity":
         return data_sparsity_model_at(data.get("data_sparsity") if isinstance(data, Mapping) else None, path[1:])
     if len(path) == 2 and path[0] == "pruners":
-        return PrunerConfig
+        try:
+            return _pruner_model(data["pruners"][path[1]].get("type", "basic"))
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return PrunerConfig
+    if len(path) == 3 and path[0] == "pruners" and path[2] == "regularizer":
+        try:
+            return REGULARIZERS.config_of(data["pruners"][path[1]]["regularizer"]["type"])
+        except (KeyError, IndexError, TypeError, RegistryError):
+            return None
     if len(path) == 3 and path[0] == "pruners" and path[2] == "scheduler":
         try:
             type_name = data["pruners"][path[1]]["scheduler"]["type"]
@@ -507,9 +659,31 @@ def config_json_schema() -> dict[str, Any]:
         sub["required"] = sorted(set(sub.get("required", [])) | {"type"})
         defs[model.__name__] = sub
         variants.append({"$ref": f"#/$defs/{model.__name__}"})
-    pruner = defs["PrunerConfig"]
-    pruner["properties"]["scheduler"] = {
-        "description": pruner["properties"]["scheduler"].get("description", ""),
-        "anyOf": variants,
-    }
+    regularizers = []
+    for entry in REGULARIZERS.entries():
+        if entry.config is None:
+            continue
+        sub = entry.config.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(sub.pop("$defs", {}))
+        sub.setdefault("properties", {})["type"] = {"enum": [entry.name, *entry.aliases], "description": entry.description}
+        sub["required"] = sorted(set(sub.get("required", [])) | {"type"})
+        defs[entry.config.__name__] = sub
+        regularizers.append({"$ref": f"#/$defs/{entry.config.__name__}"})
+    _pruner_types()
+    groups = []
+    for entry in PRUNERS.entries():
+        model = entry.config if entry.config is not None else PrunerConfig
+        sub = model.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(sub.pop("$defs", {}))
+        props = sub.setdefault("properties", {})
+        for key in model.unused_keys:
+            props.pop(key, None)
+        props["type"] = {"enum": [entry.name, *entry.aliases], "description": entry.description}
+        props["scheduler"] = {"description": props.get("scheduler", {}).get("description", ""), "anyOf": variants}
+        props["regularizer"] = {"description": props.get("regularizer", {}).get("description", ""), "anyOf": [*regularizers, {"type": "null"}]}
+        if entry.name != "basic":
+            sub["required"] = sorted(set(sub.get("required", [])) | {"type"})
+        defs[model.__name__] = sub
+        groups.append({"$ref": f"#/$defs/{model.__name__}"})
+    schema["properties"]["pruners"]["items"] = {"anyOf": groups}
     return schema

@@ -32,13 +32,21 @@ PRUNEKIT_TOP_KEYS = ("version", "defaults", "pruners", "data_sparsity")
 
 #: INC pruning types prunekit does not implement, with the reason shown to the user
 INC_UNSUPPORTED_CRITERIA = {
-    "pattern_lock": "it only keeps an existing sparsity pattern; load the pruned weights and use finalize() instead",
-    "magnitude_progressive": "progressive pruning is not implemented",
-    "snip_progressive": "progressive pruning is not implemented",
-    "snip_momentum_progressive": "progressive pruning is not implemented",
-    "retrain_free": "retrain-free pruning is not implemented",
-    "sparse_gpt": "SparseGPT is not implemented",
+    "retrain_free": "retrain-free pruning prunes once from calibration data, which prunekit does not do yet",
+    "sparse_gpt": "SparseGPT prunes once from calibration data, which prunekit does not do yet",
+    "block_mask_progressive": "INC could not run it either (its progressive pruner has no block masks)",
+    "retrain_free_progressive": "INC could not run it either (its progressive pruner has no block masks)",
 }
+
+#: INC ``pruning_type`` -> (prunekit pruner type, criterion; None: the type's own)
+INC_PRUNING_TYPES: dict[str, tuple[str, str | None]] = {
+    **{c: ("basic", c) for c in ("magnitude", "gradient", "snip", "snip_momentum")},
+    **{f"{c}_progressive": ("progressive", c) for c in ("magnitude", "gradient", "snip", "snip_momentum")},
+    "pattern_lock": ("pattern_lock", None),
+    "block_mask": ("block_mask", None),
+}
+#: canonical group keys a pattern_lock group does not read (INC's defaults fill them for every group)
+_PATTERN_LOCK_DROPS = ("target_sparsity", "pattern", "criterion", "reduce", "scope", "min_sparsity_per_op", "max_sparsity_per_op")
 
 
 #: INC WeightPruningConfig key -> canonical path inside a pruner group
@@ -75,12 +83,11 @@ INC_DEFAULTS: dict[str, Any] = {
     "pruning_op_types": ["Conv", "Linear"],
     "criterion_reduce_type": "mean",
 }
-#: INC keys that prunekit accepts beyond INC's own: an explicit scheduler and a group name
-_INC_EXTRA_KEYS = ("scheduler", "name")
+#: INC keys that prunekit accepts beyond INC's own: an explicit scheduler, a group name, the head rule
+_INC_EXTRA_KEYS = ("scheduler", "name", "exclude_head")
+#: INC's regularization keys and lock_init_sparsity (translated to ``regularizer`` / ``lock_init_sparsity``)
+_INC_REG_KEYS = ("reg_type", "reg_coeff", "parameters", "lock_init_sparsity")
 _INC_UNSUPPORTED_KEYS = {
-    "reg_type": "regularization during pruning is not implemented",
-    "reg_coeff": "regularization during pruning is not implemented",
-    "parameters": "per-pruner free-form parameters are not used",
     "resume_from_pruned_checkpoint": "resume with Pruning.load_state_dict() instead",
     "low_memory_usage": "prunekit always works in low memory; remove the key",
     "backend": "prunekit works on PyTorch models only; remove the key",
@@ -149,7 +156,7 @@ class WeightPruningConfig:
 def is_inc_form(data: Mapping[str, Any]) -> bool:
     """True for a flat INC-style mapping (INC keys or ``pruning_configs``, no ``pruners``)."""
     keys = set(data)
-    return not (keys & set(PRUNEKIT_TOP_KEYS)) and bool(keys & (set(INC_KEYS) | {"pruning_configs"}))
+    return not (keys & set(PRUNEKIT_TOP_KEYS)) and bool(keys & (set(INC_KEYS) | set(_INC_REG_KEYS) | {"pruning_configs"}))
 
 
 def translate_inc(data: Mapping[str, Any], version: int) -> tuple[dict[str, Any], dict[Path_, Path_], list[ConfigProblem]]:
@@ -160,7 +167,7 @@ def translate_inc(data: Mapping[str, Any], version: int) -> tuple[dict[str, Any]
     """
     problems: list[ConfigProblem] = []
     origin: dict[Path_, Path_] = {}
-    allowed = sorted([*INC_KEYS, *_INC_EXTRA_KEYS])
+    allowed = sorted([*INC_KEYS, *_INC_EXTRA_KEYS, *_INC_REG_KEYS])
 
     def check_keys(mapping: Mapping[str, Any], where: Path_) -> None:
         for key in mapping:
@@ -174,7 +181,7 @@ def translate_inc(data: Mapping[str, Any], version: int) -> tuple[dict[str, Any]
                     )
                 )
                 continue
-            if key in INC_KEYS or key in _INC_EXTRA_KEYS or (key == "pruning_configs" and not where):
+            if key in INC_KEYS or key in _INC_EXTRA_KEYS or key in _INC_REG_KEYS or (key == "pruning_configs" and not where):
                 continue
             path = format_path(where + (key,))
             if key in _INC_UNSUPPORTED_KEYS:
@@ -195,6 +202,7 @@ def translate_inc(data: Mapping[str, Any], version: int) -> tuple[dict[str, Any]
         return {}, origin, problems
 
     pruners: list[dict[str, Any]] = []
+    capped: list[str] = []
     for i, local in enumerate(local_list):
         check_keys(local, ("pruning_configs", i))
         merged = {**INC_DEFAULTS, **globals_, **local}
@@ -214,8 +222,93 @@ def translate_inc(data: Mapping[str, Any], version: int) -> tuple[dict[str, Any]
             group["name"] = local["name"]
             origin[("pruners", i, "name")] = ("pruning_configs", i, "name")
         _choose_inc_scheduler(group, merged, local, globals_, i, origin)
+        _inc_type(group, set(globals_) | set(local), local, i, origin)
+        _inc_regularizer(group, merged, local, i, origin, problems)
+        _inc_selection(group, merged, local, i, origin, capped)
         pruners.append(group)
+    if capped:
+        warnings.warn(
+            "INC-form config: target_sparsity above max_sparsity_ratio_per_op in "
+            + "; ".join(capped)
+            + "; capped at max_sparsity_ratio_per_op, as INC capped every layer (prunekit-form configs refuse this)",
+            UserWarning,
+            stacklevel=4,
+        )
     return {"version": version, "pruners": pruners}, origin, problems
+
+
+def _source(key: str, local: Mapping[str, Any], index: int) -> Path_:
+    return ("pruning_configs", index, key) if key in local else (key,)
+
+
+def _inc_type(group: dict[str, Any], given: set[str], local: Mapping[str, Any], index: int, origin: dict[Path_, Path_]) -> None:
+    """``pruning_type`` (in ``criterion`` so far) -> the pruner ``type`` and its criterion, as INC's get_pruner mapped it."""
+    value = group.get("criterion")
+    if not isinstance(value, str) or value not in INC_PRUNING_TYPES:
+        return  # an unknown value is reported by the criterion check, under pruning_type
+    kind, criterion = INC_PRUNING_TYPES[value]
+    group["type"] = kind
+    origin[("pruners", index, "type")] = origin.get(("pruners", index, "criterion"), ("pruning_type",))
+    if criterion is not None:
+        group["criterion"] = criterion
+        return
+    del group["criterion"]
+    origin.pop(("pruners", index, "criterion"), None)
+    if kind == "block_mask" and "criterion_reduce_type" not in given:
+        group.pop("reduce", None)  # INC scored block masks by the gradient's sum, whatever its default reduce
+        origin.pop(("pruners", index, "reduce"), None)
+    if kind == "pattern_lock":
+        if "pattern" in local:
+            warnings.warn(
+                f"pruning_configs[{index}]: pattern_lock keeps exactly the zeros the weights have; 'pattern' "
+                f"({local['pattern']!r}) is not used (INC derived a block mask from it, which lost or added zeros)",
+                UserWarning,
+                stacklevel=5,
+            )
+        for key in _PATTERN_LOCK_DROPS:
+            group.pop(key, None)
+            origin.pop(("pruners", index, key), None)
+
+
+def _inc_regularizer(group: dict[str, Any], merged: Mapping[str, Any], local: Mapping[str, Any], index: int, origin: dict[Path_, Path_], problems: list[ConfigProblem]) -> None:
+    """``reg_type`` + ``parameters: {reg_coeff}`` (or a top-level ``reg_coeff``) -> ``regularizer``; ``lock_init_sparsity``."""
+    if merged.get("lock_init_sparsity"):
+        group["lock_init_sparsity"] = merged["lock_init_sparsity"]
+        origin[("pruners", index, "lock_init_sparsity")] = _source("lock_init_sparsity", local, index)
+    reg_type, parameters = merged.get("reg_type"), merged.get("parameters")
+    coeff_key = "reg_coeff"
+    coeff = merged.get("reg_coeff")
+    if parameters is not None:
+        if not isinstance(parameters, Mapping) or set(parameters) - {"reg_coeff"}:
+            where = format_path(_source("parameters", local, index))
+            problems.append(ConfigProblem(where, f"parameters {short_repr(parameters)} is not {{reg_coeff: <number>}}", "INC's parameters key holds reg_coeff only"))
+            return
+        if "reg_coeff" in parameters:
+            coeff, coeff_key = parameters["reg_coeff"], "parameters"
+    if reg_type is None:
+        if coeff not in (None, 0, 0.0):
+            where = format_path(_source(coeff_key, local, index))
+            problems.append(ConfigProblem(where, "reg_coeff is given without reg_type, so it has no effect", "add reg_type: group_lasso, or remove reg_coeff"))
+        return
+    group["regularizer"] = {"type": reg_type, "reg_coeff": 0.0 if coeff is None else coeff}
+    origin[("pruners", index, "regularizer", "type")] = _source("reg_type", local, index)
+    origin[("pruners", index, "regularizer", "reg_coeff")] = _source(coeff_key, local, index)
+
+
+def _inc_selection(group: dict[str, Any], merged: Mapping[str, Any], local: Mapping[str, Any], index: int, origin: dict[Path_, Path_], capped: list[str]) -> None:
+    """INC's selection rules: the classifier head left dense (``exclude_head``, default on), selectors that
+    match nothing a warning, a single op type given as a string, target capped at the per-op maximum."""
+    group["exclude_head"] = merged.get("exclude_head", True)
+    if "exclude_head" in merged:
+        origin[("pruners", index, "exclude_head")] = _source("exclude_head", local, index)
+    group["unmatched_selectors"] = "warn"
+    if isinstance(group.get("op_types"), str):
+        group["op_types"] = [group["op_types"]]  # INC iterated the string's letters: 'Linear' selected LayerNorm
+    target, high = group.get("target_sparsity"), group.get("max_sparsity_per_op")
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (target, high))
+    if numbers and target > high:  # type: ignore[operator]
+        capped.append(f"pruning_configs[{index}] ({target} > {high})")
+        group["target_sparsity"] = high
 
 
 def _choose_inc_scheduler(

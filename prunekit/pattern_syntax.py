@@ -3,7 +3,8 @@
 * ``NxM``: blocks of N output rows x M input columns of the 2-D weight view (``1x1`` is
   unstructured, ``4x1`` INC's default);
 * ``N:M`` (INC's notation): N of every M consecutive input weights are pruned (``2:4`` = 50 %);
-* ``channelx1``: whole input columns; ``1xchannel``: whole output rows.
+* ``channelx1``: whole input columns; ``1xchannel``: whole output rows; ``channelxM`` /
+  ``Nxchannel`` (INC's ``channelx2``, ``2xchannel``): blocks of M whole columns / N whole rows.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Literal
 
 __all__ = ["PatternSpec", "parse_pattern", "PATTERN_SYNTAX_HELP"]
 
-PATTERN_SYNTAX_HELP = "write 'NxM' (e.g. 1x1, 4x1), 'N:M' (e.g. 2:4, 1:4), 'channelx1' or '1xchannel'"
+PATTERN_SYNTAX_HELP = "write 'NxM' (e.g. 1x1, 4x1), 'N:M' (e.g. 2:4, 1:4), 'channelxM' (channelx1) or 'Nxchannel' (1xchannel)"
 
 _BLOCK = re.compile(r"^(\d+)x(\d+)$")
+_CHANNEL_COLS = re.compile(r"^channelx(\d+)$")
+_CHANNEL_ROWS = re.compile(r"^(\d+)xchannel$")
 _NM = re.compile(r"^(\d+):(\d+)$")
 #: the largest block side or M a pattern may name
 MAX_BLOCK_SIDE = 4096
@@ -61,10 +64,14 @@ def parse_pattern(text: str) -> PatternSpec:
     if not isinstance(text, str):
         raise ValueError(f"a pattern is a string, got {_shown(text)}")
     norm = text.replace(" ", "").lower()
-    if norm == "channelx1":  # every output row of one input column
-        return PatternSpec(norm, "block", rows=0, cols=1)
-    if norm == "1xchannel":  # every input column of one output row
-        return PatternSpec(norm, "block", rows=1, cols=0)
+    if (match := _CHANNEL_COLS.match(norm)) or (match := _CHANNEL_ROWS.match(norm)):
+        # channelxM: every output row of M input columns; Nxchannel: every input column of N output rows
+        side = int(match[1]) if len(match[1]) <= 9 else 0
+        if not 1 <= side <= MAX_BLOCK_SIDE:
+            raise ValueError(f"the block side of {_shown(text)} must be within 1..{MAX_BLOCK_SIDE}")
+        if norm.startswith("channel"):
+            return PatternSpec(norm, "block", rows=0, cols=side)
+        return PatternSpec(norm, "block", rows=side, cols=0)
     if match := _BLOCK.match(norm):
         if max(len(match[1]), len(match[2])) > 9:  # never int() a number of thousands of digits
             raise ValueError(f"block sides of {_shown(text)} must be within 1..{MAX_BLOCK_SIDE}")

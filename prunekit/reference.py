@@ -13,10 +13,11 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from prunekit.config import INC_KEYS, PrunerConfig, PruningConfig
+from prunekit.inc import INC_PRUNING_TYPES
 from prunekit.data.base import DATA_SPARSIFIERS
 from prunekit.data.config import DataSparsityConfig
 from prunekit.schedulers.data import DataSchedulerConfig
-from prunekit.registry import SCHEDULERS
+from prunekit.registry import PRUNERS, REGULARIZERS, SCHEDULERS
 from prunekit.schedulers.base import WeightSchedulerConfig
 from prunekit.schedulers.curves import DECAY_CURVES
 
@@ -59,7 +60,8 @@ def _table(model: type[BaseModel], skip: tuple[str, ...] = ()) -> list[str]:
     for name, field in model.model_fields.items():
         if name in skip:
             continue
-        type_text = f"{name} mapping" if name in ("scheduler", "sparsifier") else _type_name(field.annotation)
+        mapping = name in ("scheduler", "sparsifier", "regularizer")
+        type_text = f"{name} mapping" if mapping else "list of pruner groups" if name == "pruners" else _type_name(field.annotation)
         rows.append(
             f"| `{name}` | {type_text.replace('|', 'or')} | {_default(field)} | {_bounds(field)} | {field.description or ''} |"
         )
@@ -88,6 +90,31 @@ def render_config_reference() -> str:
         "Rules checked across keys: `min_sparsity_per_op <= target_sparsity <= max_sparsity_per_op`;",
         "for `N:M` patterns `target_sparsity <= N/M`; `init_sparsity <= target_sparsity`; group names unique.",
         "",
+        "## Pruner types (`pruners[i].type`)",
+        "",
+        "`type` selects a registered pruner type (see [pruner types](pruner_types.md)); its config model adds",
+        "keys to the group's and may leave some of them out.",
+        "",
+    ]
+    import prunekit.pruner.types  # noqa: F401  (registers the built-in pruner types)
+
+    for entry in PRUNERS.entries():
+        model = entry.config if entry.config is not None else PrunerConfig
+        if not model.__module__.startswith("prunekit.") or entry.plugin is not None:
+            continue
+        own = [k for k in model.model_fields if k not in PrunerConfig.model_fields]
+        overridden = [k for k in model.model_fields if k in PrunerConfig.model_fields and k != "type" and model.model_fields[k].default != PrunerConfig.model_fields[k].default]
+        out += [f"### `type: {entry.name}`", "", entry.description, ""]
+        if model.unused_keys:
+            out += [f"Not used (an error when set): {', '.join(f'`{k}`' for k in sorted(model.unused_keys))}.", ""]
+        keep = [k for k in model.model_fields if (k in own or k in overridden) and k not in model.unused_keys]
+        if keep:
+            out += [*_table(model, skip=tuple(k for k in model.model_fields if k not in keep)), ""]
+    out += ["## Regularizers (`pruners[i].regularizer`)", ""]
+    for entry in REGULARIZERS.entries():
+        if entry.config is not None and entry.obj.__module__.startswith("prunekit."):
+            out += [f"### `type: {entry.name}`", "", entry.description, "", *_table(entry.config, skip=("type",)), ""]
+    out += [
         "## Schedulers (`pruners[i].scheduler`)",
         "",
         "`type` selects a registered scheduler; its own config model validates the other keys.",
@@ -135,7 +162,17 @@ def render_config_reference() -> str:
         "",
         "| INC key | prunekit key |",
         "|---|---|",
-        *[f"| `{inc}` | `{'.'.join(path)}` |" for inc, path in INC_KEYS.items()],
+        *[f"| `{inc}` | `{'.'.join(path)}` |" for inc, path in INC_KEYS.items() if inc != "pruning_type"],
+        "| `pruning_type` | `type` and `criterion` (below) |",
+        "| `reg_type`, `parameters: {reg_coeff}` (or `reg_coeff`) | `regularizer: {type, reg_coeff}` |",
+        "| `lock_init_sparsity` | `lock_init_sparsity` |",
+        "",
+        "| INC `pruning_type` | `type` | `criterion` |",
+        "|---|---|---|",
+        *[f"| `{name}` | `{kind}` | {f'`{crit}`' if crit else 'its own'} |" for name, (kind, crit) in INC_PRUNING_TYPES.items()],
+        "",
+        "INC-form groups also get INC's selection rules: `exclude_head: true` (the classifier head stays dense)",
+        "and `unmatched_selectors: warn`; a target above `max_sparsity_ratio_per_op` is capped, with a warning.",
         "",
     ]
     return "\n".join(out)

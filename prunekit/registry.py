@@ -1,4 +1,5 @@
-"""Named registries: ``SCHEDULERS`` (weight and data schedulers), ``CRITERIA`` and ``PATTERNS``.
+"""Named registries: ``SCHEDULERS`` (weight and data schedulers), ``PRUNERS`` (pruner types),
+``REGULARIZERS``, ``CRITERIA`` and ``PATTERNS``.
 
 A :class:`Registry` is an object, not a bare dict (in the style of mmengine's ``Registry``):
 
@@ -7,7 +8,8 @@ A :class:`Registry` is an object, not a bare dict (in the style of mmengine's ``
   already holds it, unless ``force=True``;
 * lookups of unknown names list the registered names and suggest the closest one;
 * third-party packages register through the entry-point group named by ``entry_point_group``
-  (``prunekit.schedulers`` for schedulers), loaded lazily on the first lookup.
+  (``prunekit.schedulers``, ``prunekit.pruners``, ``prunekit.regularizers``, ``prunekit.criteria``),
+  loaded lazily on the first lookup.
 """
 
 from __future__ import annotations
@@ -27,11 +29,16 @@ __all__ = [
     "Registry",
     "RegistryEntry",
     "SCHEDULERS",
+    "PRUNERS",
+    "REGULARIZERS",
     "CRITERIA",
     "PATTERNS",
     "register_scheduler",
     "get_scheduler",
     "list_schedulers",
+    "register_pruner",
+    "get_pruner",
+    "list_pruners",
     "suggest",
 ]
 
@@ -308,9 +315,29 @@ def _data_scheduler_base() -> type | None:
     return BaseDataScheduler
 
 
+def _check_pruner(obj: Any) -> str | None:
+    from prunekit.pruner.group import PrunerGroup
+
+    if not (isinstance(obj, type) and issubclass(obj, PrunerGroup)):
+        return "a pruner type must be a subclass of prunekit.pruner.PrunerGroup"
+    return None
+
+
+def _check_regularizer(obj: Any) -> str | None:
+    from prunekit.regularization import Regularizer
+
+    if not (isinstance(obj, type) and issubclass(obj, Regularizer)):
+        return "a regularizer must be a subclass of prunekit.regularization.Regularizer"
+    return None
+
+
 SCHEDULERS = Registry("scheduler", entry_point_group="prunekit.schedulers", check=_check_scheduler)
+#: pruner types: how a group's masks evolve (basic, pattern_lock, progressive, block_mask, ...)
+PRUNERS = Registry("pruner type", entry_point_group="prunekit.pruners", check=_check_pruner)
 CRITERIA = Registry("criterion", entry_point_group="prunekit.criteria")
 PATTERNS = Registry("pattern")
+#: regularizers applied during pruning (group_lasso, ...)
+REGULARIZERS = Registry("regularizer", entry_point_group="prunekit.regularizers", check=_check_regularizer)
 
 
 def register_scheduler(
@@ -342,6 +369,45 @@ def get_scheduler(config: Mapping[str, Any] | BaseModel, **context: Any) -> Any:
     validated = validate_scheduler_config(config)
     cls = SCHEDULERS.get(validated.type)
     return cls.from_config(validated, **context)
+
+
+def register_pruner(
+    name: str,
+    *,
+    config: type[BaseModel] | None = None,
+    aliases: tuple[str, ...] | list[str] = (),
+    force: bool = False,
+    description: str | None = None,
+) -> Callable[[T], T]:
+    """Class decorator registering a pruner type in ``PRUNERS``; returns the class unchanged.
+
+    The class subclasses :class:`~prunekit.pruner.PrunerGroup`; ``config`` (default: its
+    ``config_model``) is a subclass of :class:`~prunekit.config.PrunerConfig` whose ``type``
+    default is ``name``: a group selects the type with ``type: <name>`` and its parameters are
+    validated by that model, YAML included.
+    """
+    return PRUNERS.register(name, config=config, aliases=aliases, force=force, description=description)
+
+
+def get_pruner(config: Mapping[str, Any] | BaseModel, model: Any) -> Any:
+    """Build the pruner group ``config`` describes on ``model`` (its layers are selected from it).
+
+    ``config`` is one pruner group (a mapping or a validated config), dispatched on ``type``;
+    problems raise :class:`~prunekit.errors.ConfigError` (config) or
+    :class:`~prunekit.errors.PruningError` (selection). Most code builds whole sessions with
+    :class:`~prunekit.Pruning` instead.
+    """
+    from prunekit.config import validate_pruner_config
+    from prunekit.pruner.selection import select_layers
+
+    validated = validate_pruner_config(config)
+    cls = PRUNERS.get(validated.type)
+    return cls(validated, select_layers(model, validated))
+
+
+def list_pruners() -> list[tuple[str, str]]:
+    """``(name, one-line description)`` for every registered pruner type, sorted by name."""
+    return [(e.name, e.description) for e in PRUNERS.entries()]
 
 
 def list_schedulers() -> list[tuple[str, str]]:

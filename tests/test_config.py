@@ -58,7 +58,8 @@ RULES = [
     ({"scheduler": {"type": "iterative", "end_step": 9, "decay": "sigmoid"}}, "pruners[0].scheduler.decay", "unknown decay curve 'sigmoid'", "exp"),
     ({"scheduler": {"type": "iterative", "end_step": 9, "decay": "cubic"}}, "pruners[0].scheduler.decay", "'cubic' is ambiguous", "'agp'"),
     ({"criterion": "magnitud"}, "pruners[0].criterion", "unknown criterion 'magnitud'", "did you mean 'magnitude'?"),
-    ({"criterion": "pattern_lock"}, "pruners[0].criterion", "not supported by prunekit", "magnitude"),
+    ({"criterion": "pattern_lock"}, "pruners[0].criterion", "'pattern_lock' is a pruner type, not a criterion", "type: pattern_lock"),
+    ({"criterion": "sparse_gpt"}, "pruners[0].criterion", "not supported by prunekit", "magnitude"),
     ({"pattern": "4y1"}, "pruners[0].pattern", "'4y1' is not a pattern", "'NxM'"),
     ({"pattern": "4:2"}, "pruners[0].pattern", "N must be at least 1 and below M", "'N:M'"),
     ({"scope": "globel"}, "pruners[0].scope", "'globel' is not allowed", "did you mean 'global'?"),
@@ -304,7 +305,7 @@ def test_inc_errors_point_at_the_inc_keys(tmp_path):
             end_step: 5
             pruning_configs:
               - op_names: [fc]
-                reg_type: group_lasso
+                resume_from_pruned_checkpoint: true
                 patern: 2:4
                 pattern: 2:4
             """
@@ -313,12 +314,13 @@ def test_inc_errors_point_at_the_inc_keys(tmp_path):
     problems = {p.path: p for p in _problems(file)}
     assert set(problems) == {
         "end_step",
-        "pruning_configs[0].reg_type",
+        "pruning_configs[0].resume_from_pruned_checkpoint",
         "pruning_configs[0].patern",
         "target_sparsity",
     }
     assert problems["end_step"].line == 3
-    assert problems["pruning_configs[0].reg_type"].line == 6 and "not supported" in problems["pruning_configs[0].reg_type"].what
+    unsupported = problems["pruning_configs[0].resume_from_pruned_checkpoint"]
+    assert unsupported.line == 6 and "not supported" in unsupported.what
     assert "did you mean 'pattern'?" in problems["pruning_configs[0].patern"].fix
     assert problems["target_sparsity"].line == 1 and "2:4" in problems["target_sparsity"].what
 

@@ -12,6 +12,7 @@ from prunekit.pruner.patterns import BlockPattern, NMPattern, make_pattern
 from prunekit.pruner.report import LayerReport, PruningReport
 from prunekit.pruner.selection import Layer, Layout, select_layers, unwrap_model
 from prunekit.pruner.session import Pruning, prepare_pruning
+from prunekit.pruner import types  # noqa: E402,F401  (registers the built-in pruner types)
 
 __all__ = [
     "BlockPattern",

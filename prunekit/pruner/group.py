@@ -11,13 +11,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 import torch
 
 from prunekit.config import PrunerConfig
 from prunekit.errors import PruningError
-from prunekit.registry import CRITERIA, get_scheduler
+from prunekit.regularization import Regularizer
+from prunekit.registry import CRITERIA, REGULARIZERS, get_scheduler
 from prunekit.pruner.criteria import Criterion
 from prunekit.pruner.grids import (
     BlockGrid,
@@ -157,6 +158,9 @@ class PrunerGroup:
     event), and one chunk-sized float32 scratch buffer per device. Nothing is kept per step.
     """
 
+    #: the config model of the pruner type (``PRUNERS`` registers it with the class)
+    config_model: ClassVar[type[PrunerConfig]] = PrunerConfig
+
     def __init__(self, config: PrunerConfig, layers: list[Layer]) -> None:
         self.config = config
         self.name = str(config.name)
@@ -193,6 +197,21 @@ class PrunerGroup:
         self._floored_at: int | None = None
         #: the last optimizer step whose scores were accumulated (a retried step does not count twice)
         self._accumulated_at: int | None = None
+        #: the sparsity the schedule starts from (``lock_init_sparsity``: the zeros found at start_step)
+        self.init_ratio = 0.0
+        self.regularizer: Regularizer | None = None
+        if config.regularizer is not None:
+            self.regularizer = REGULARIZERS.get(config.regularizer.type)(config.regularizer)
+
+    @property
+    def pattern_label(self) -> str:
+        """What the report shows in the pattern column."""
+        return self.config.pattern
+
+    @property
+    def final_target(self) -> float:
+        """The element-wise sparsity the group ends at (the report's final target)."""
+        return self.config.target_sparsity
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -234,7 +253,14 @@ class PrunerGroup:
         record = self._before_step(step, optimizers, sync)
         if self.has_pruned:
             self._refresh_second_moments(step, optimizers)
+        if self.regularizer is not None and self.in_window(step):
+            self.regularizer.before_step(self)
         return record
+
+    def after_step(self, step: int) -> None:
+        """Right after optimizer step ``step``: the regularizer's change of the weights (pruning window only)."""
+        if self.regularizer is not None and self.in_window(step):
+            self.regularizer.after_step(self)
 
     def _refresh_second_moments(self, step: int, optimizers: list[torch.optim.Optimizer]) -> None:
         period = second_moment_refresh_period(optimizers)
@@ -281,7 +307,9 @@ class PrunerGroup:
             self._accumulated_at = step
         saved = self.scheduler.state_dict()
         try:
-            ratio = self.scheduler.step(step, self.config.target_sparsity, masks=_MaskView(self.mask8))
+            if self.config.lock_init_sparsity and step == self.scheduler.start_step:
+                self.init_ratio = self.lock_zeros()
+            ratio = self.scheduler.step(step, self.config.target_sparsity, masks=_MaskView(self.mask8), init_ratio=self.init_ratio)
             record = None
             if ratio is not None:
                 record = self._prune(step, event, ratio, list(optimizers), _distributed() if sync is None else sync)
@@ -291,6 +319,19 @@ class PrunerGroup:
             raise
         self.mask_grads()
         return record
+
+    @torch.no_grad()
+    def lock_zeros(self) -> float:
+        """Mark every weight that is exactly zero now as pruned (it stays zero); returns the group's
+        element-wise sparsity afterwards. Other weights are untouched, whatever the pattern."""
+        for layer in self.layers:
+            mask = self.mask8[layer.name]
+            nonzero = layer.weight.detach().ne(0).view(mask.shape)
+            mask.bitwise_and_(nonzero.view(torch.int8).neg_())  # True -> 1 -> -1 (kept)
+        zeros = sum(m.numel() - int(torch.count_nonzero(m)) for m in self.mask8.values())
+        total = sum(m.numel() for m in self.mask8.values())
+        self.has_pruned = self.has_pruned or zeros > 0
+        return zeros / total if total else 0.0
 
     def mask_grads(self) -> None:
         """Zero the gradients of the pruned weights (nothing before the first pruned weight)."""
@@ -690,7 +731,11 @@ class PrunerGroup:
         return RowGrid(score_rows, sample, (gr, gc), pattern, device, step, known_pruned=count_pruned)
 
     @torch.no_grad()
-    def _prune(self, step: int, event: PruningEvent, ratio: float, optimizers: list[torch.optim.Optimizer], sync: bool) -> PruningRecord:
+    def _prune(
+        self, step: int, event: PruningEvent, ratio: float, optimizers: list[torch.optim.Optimizer], sync: bool, apply: bool = True
+    ) -> PruningRecord:
+        """The event: new masks for ``ratio`` (ANDed into the old ones), applied to the weights and the
+        optimizer state unless ``apply`` is False (a type that zeroes them later, see ``progressive``)."""
         cfg = self.config
         checked = self._check_finite(step)  # before any mask changes
         if cfg.scope == "local":
@@ -698,7 +743,7 @@ class PrunerGroup:
                 high = math.floor(cfg.max_sparsity_per_op * layer.numel + 1e-9)
                 budget = element_budget(ratio, layer.numel)
                 grid = self._grid(layer, step, ordered=min(budget, high) < self._prunable(layer), checked=checked)
-                self._set_mask(layer, grid, budget, optimizers, sync, high=high)
+                self._set_mask(layer, grid, budget, optimizers, sync, high=high, apply=apply)
                 del grid
         else:
             numels = [layer.numel for layer in self.layers]
@@ -711,7 +756,7 @@ class PrunerGroup:
             budgets, threshold, counts = global_choice(grids, [self.patterns[l.name] for l in self.layers], total, low, high)
             for i, (layer, grid, budget, lo, hi) in enumerate(zip(self.layers, grids, budgets, low, high)):
                 hint_counts = None if counts is None else counts[i]
-                self._set_mask(layer, grid, budget, optimizers, sync, low=lo, high=hi, hint=threshold, hint_counts=hint_counts)
+                self._set_mask(layer, grid, budget, optimizers, sync, low=lo, high=hi, hint=threshold, hint_counts=hint_counts, apply=apply)
                 grids[i] = None  # type: ignore[call-overload]  # its scores are not needed any more
             del grids
         self.ratio = ratio
@@ -741,6 +786,7 @@ class PrunerGroup:
         high: int | None = None,
         hint: float | None = None,
         hint_counts: tuple[int, int] | None = None,
+        apply: bool = True,
     ) -> None:
         """Choose the layer's blocks (:func:`choose_blocks`) and commit the choice into its int8 mask part by
         part (a range of block rows at a time: chunk-sized temporaries, never a keep mask of the layer's
@@ -801,9 +847,10 @@ class PrunerGroup:
         else:
             for start, stop, scores, extra in grid.parts():
                 commit(start, stop, decide(start, stop, scores, extra))
-        apply_mask_(layer.weight, mask)
-        mask_optimizer_state_(optimizers, layer.weight, mask)
-        self._floored_at = None  # new pruned entries: floor their second moments after this event
+        if apply:
+            apply_mask_(layer.weight, mask)
+            mask_optimizer_state_(optimizers, layer.weight, mask)
+            self._floored_at = None  # new pruned entries: floor their second moments after this event
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -814,7 +861,21 @@ class PrunerGroup:
             "ratio": self.ratio,
             "masks": self.masks,  # bool, True = kept, like Pruning.masks
             "scores": {name: score.clone() for name, score in self.scores.items()},
+            "init_ratio": self.init_ratio,
+            **self.extra_state(),
         }
+
+    # the extension points of pruner types that keep more state (tensors and plain values only)
+    def extra_state(self) -> dict[str, Any]:
+        """Keys a pruner type adds to :meth:`state_dict` (copies)."""
+        return {}
+
+    def check_extra_state(self, state: Mapping[str, Any], where: str) -> list[str]:
+        """Problems of the keys :meth:`extra_state` wrote (empty: they load)."""
+        return []
+
+    def apply_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore the keys :meth:`extra_state` wrote (checked before)."""
 
     def check_state(self, state: Any, where: str) -> list[str]:
         """Every reason :meth:`load_state_dict` would refuse ``state`` (empty: it loads), without changing anything.
@@ -837,8 +898,12 @@ class PrunerGroup:
         ratio = state["ratio"]
         if not _is_number(ratio) or not 0.0 <= float(ratio) <= 1.0:
             problems.append(f"{where}.ratio: expected a number within [0, 1], got {_short(ratio)}")
+        init = state.get("init_ratio", 0.0)
+        if not _is_number(init) or not 0.0 <= float(init) < 1.0:
+            problems.append(f"{where}.init_ratio: expected a number within [0, 1), got {_short(init)}")
         problems += self._check_tensors(state["masks"], f"{where}.masks", "mask")
         problems += self._check_tensors(state["scores"], f"{where}.scores", "scores")
+        problems += self.check_extra_state(state, where)
         try:
             copy.deepcopy(self.scheduler).load_state_dict(state["scheduler"])
         except Exception as err:  # noqa: BLE001 - any refusal of the scheduler is reported, nothing changes
@@ -899,7 +964,9 @@ class PrunerGroup:
         self.scores = {
             name: score.to(device=self.mask8[name].device, dtype=torch.float32, copy=True) for name, score in state["scores"].items()
         }
+        self.init_ratio = float(state.get("init_ratio", 0.0))
         self._accumulated_at = None
         self._floored_at = None
+        self.apply_extra_state(state)
         self.has_pruned = any(int(torch.count_nonzero(m)) < m.numel() for m in self.mask8.values())
         self.reapply()

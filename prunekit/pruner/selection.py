@@ -1,9 +1,15 @@
 """Selecting the prunable layers of a model and viewing their weights as 2-D ``[out, in']``.
 
 A layer is selected when its class matches ``op_types`` (an entry matches a class whose
-``__name__`` starts with it), its name matches one of ``op_names`` (``re.search``; empty selects
-every layer of ``op_types``) and none of ``excluded_op_names``. Names are those of the unwrapped
-model: a ``DistributedDataParallel`` / ``DataParallel`` ``module.`` prefix is never required.
+``__name__``, or the name of one of its base classes, starts with it: ``Linear`` selects
+``nn.MultiheadAttention``'s ``out_proj``, a ``NonDynamicallyQuantizableLinear``), its name matches
+one of ``op_names`` (``re.search``; empty selects every layer of ``op_types``) and none of
+``excluded_op_names``. Names are those of the unwrapped model: a ``DistributedDataParallel`` /
+``DataParallel`` ``module.`` prefix is never required.
+
+``exclude_head`` leaves the model's classifier head dense, as Intel Neural Compressor did
+(:func:`find_classifier_head`): matched by the module itself, not by an unanchored name, and a
+weight tied to it (an ``lm_head`` sharing the token embeddings) is left dense under every name.
 
 Weights are viewed as 2-D ``[out, in']`` (:class:`Layout`):
 
@@ -19,7 +25,9 @@ the other names are kept in :attr:`Layer.aliases`.
 from __future__ import annotations
 
 import difflib
+import logging
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -29,7 +37,9 @@ from torch import nn
 from prunekit.config import PrunerConfig
 from prunekit.errors import PruningError
 
-__all__ = ["Layout", "Layer", "unwrap_model", "select_layers"]
+__all__ = ["Layout", "Layer", "unwrap_model", "select_layers", "find_classifier_head"]
+
+logger = logging.getLogger("prunekit")
 
 LayoutKind = Literal["linear", "conv", "transposed", "conv_transposed"]
 
@@ -124,8 +134,28 @@ def _layout_of(module: nn.Module, weight: torch.Tensor) -> LayoutKind:
 
 
 def _type_matches(module: nn.Module, op_types: list[str]) -> bool:
-    name = type(module).__name__
-    return any(name.startswith(t) for t in op_types)
+    """True when the module's class or one of its base classes has a name starting with an entry."""
+    names = [cls.__name__ for cls in type(module).__mro__ if cls not in (nn.Module, object)]
+    return any(name.startswith(t) for name in names for t in op_types)
+
+
+#: classes INC took for a classifier head, and the modules it looked past
+_HEAD_TYPES = (nn.Linear, nn.Conv2d)
+_HEAD_SKIPPED = (nn.Dropout,)
+
+
+def find_classifier_head(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The classifier head as INC 3.7.1 found it: the last module registered in the model (Dropout
+    modules aside) when it is a ``Linear`` or ``Conv2d``; None otherwise (a model ending in an
+    activation, a ``Conv1d``, or without such layers). Subclasses count (INC compared exact names)."""
+    last: tuple[str, nn.Module] | None = None
+    for name, module in unwrap_model(model).named_modules():
+        if not name or isinstance(module, _HEAD_SKIPPED) or len(module._modules) > 0:
+            continue
+        last = (name, module)
+    if last is not None and isinstance(last[1], _HEAD_TYPES):
+        return last
+    return None
 
 
 def select_layers(model: nn.Module, config: PrunerConfig) -> list[Layer]:
@@ -140,6 +170,12 @@ def select_layers(model: nn.Module, config: PrunerConfig) -> list[Layer]:
     excluded = [re.compile(p) for p in config.excluded_op_names]
     selected: list[Layer] = []
     by_param: dict[int, Layer] = {}
+    head_weight = None
+    if getattr(config, "exclude_head", False):
+        head = find_classifier_head(model)
+        if head is not None:
+            head_weight = getattr(head[1], "weight", None)
+            logger.info("pruner %r: the classifier head %r is left dense (exclude_head)", group, head[0])
     all_names: list[str] = []
     typed_names: list[str] = []
     for name, module in model.named_modules(remove_duplicate=False):
@@ -161,6 +197,8 @@ def select_layers(model: nn.Module, config: PrunerConfig) -> list[Layer]:
                     f"(a weight parameter with 2 or more dimensions); exclude it with excluded_op_names: ['^{re.escape(name)}$']"
                 )
             continue
+        if head_weight is not None and weight is head_weight:  # the head, under any name it is tied to
+            continue
         if id(weight) in by_param:  # tied weights: prune once
             by_param[id(weight)].aliases.append(name)
             continue
@@ -168,7 +206,11 @@ def select_layers(model: nn.Module, config: PrunerConfig) -> list[Layer]:
         by_param[id(weight)] = layer
         selected.append(layer)
     if not selected:
-        raise PruningError(_nothing_selected(group, config, all_names, typed_names, model))
+        message = _nothing_selected(group, config, all_names, typed_names, model)
+        if getattr(config, "unmatched_selectors", "error") == "warn":  # INC-form configs: INC only logged it
+            warnings.warn(message + "; the group prunes nothing", UserWarning, stacklevel=3)
+            return []
+        raise PruningError(message)
     _check_every_selector_matches(group, config, all_names, typed_names)
     return selected
 
@@ -197,10 +239,14 @@ def _check_every_selector_matches(group: str, config: PrunerConfig, all_names: l
             hint = f"close names: {', '.join(close)}" if close else f"{kind}s: {', '.join(candidates[:10])}"
             problems.append(f"{key}[{i}] {pattern!r} matches no {kind} ({hint})")
     if problems:
-        raise PruningError(
+        message = (
             f"pruner {group!r}: " + "; ".join(problems) + ". Fix or remove these entries "
             "(names are those of the unwrapped model, without 'module.')"
         )
+        if getattr(config, "unmatched_selectors", "error") == "warn":  # INC-form configs: INC only logged it
+            warnings.warn(message, UserWarning, stacklevel=4)
+            return
+        raise PruningError(message)
 
 
 def _nothing_selected(group: str, config: PrunerConfig, all_names: list[str], typed_names: list[str], model: nn.Module) -> str:

@@ -36,6 +36,7 @@ from prunekit.pruner.group import PrunerGroup, PruningRecord
 from prunekit.pruner.masks import apply_mask_, mask_optimizer_state_, reapply_needed
 from prunekit.pruner.report import LayerReport, PruningReport
 from prunekit.pruner.selection import select_layers, unwrap_model
+from prunekit.registry import PRUNERS
 
 __all__ = ["Pruning", "prepare_pruning", "STATE_FORMAT"]
 
@@ -102,6 +103,8 @@ class Pruning:
         owner: dict[int, tuple[str, str]] = {}
         for group_cfg in self.config.pruners:
             layers = select_layers(module, group_cfg)
+            if not layers:  # an INC-form group that selects nothing (warned): INC ran it as a no-op
+                continue
             for layer in layers:
                 other = owner.get(id(layer.weight))
                 if other is not None:
@@ -110,7 +113,7 @@ class Pruning:
                         f"{group_cfg.name!r}; a weight may belong to one group only: add it to excluded_op_names of one"
                     )
                 owner[id(layer.weight)] = (str(group_cfg.name), layer.name)
-            self.groups.append(PrunerGroup(group_cfg, layers))
+            self.groups.append(PRUNERS.get(group_cfg.type)(group_cfg, layers))
         self._closed = False
         self._claim_layers()
         self.history: list[PruningRecord] = []
@@ -296,10 +299,27 @@ class Pruning:
         self._step_frame, self._nested = None, 0
 
     # ------------------------------------------------------------------ manual hooks
-    def on_train_begin(self) -> None:
-        """Start of training (checks only)."""
+    def on_train_begin(self, dataloader: Any = None) -> None:
+        """Start of training (checks only; INC's ``dataloader`` argument is accepted and not needed)."""
         self._check_live("on_train_begin")
         self._check_layers()
+
+    def on_epoch_begin(self, epoch: int | None = None) -> None:
+        """Start of an epoch (INC's hook; checks only: steps, not epochs, drive the schedule)."""
+        self._check_live("on_epoch_begin")
+
+    def on_epoch_end(self) -> None:
+        """End of an epoch (INC's hook; checks only)."""
+        self._check_live("on_epoch_end")
+
+    def on_before_eval(self) -> None:
+        """Before an evaluation pass (INC's hook). Nothing to do: evaluation never counts as a step and
+        pruned weights are zero in place, so the evaluated model is the pruned one."""
+        self._check_live("on_before_eval")
+
+    def on_after_eval(self) -> None:
+        """After an evaluation pass (INC's hook; nothing to do)."""
+        self._check_live("on_after_eval")
 
     def on_step_begin(self, local_step: int | None = None) -> None:
         """Start of an iteration (INC passes ``local_step``; it is not needed).
@@ -397,6 +417,8 @@ class Pruning:
                 "on_after_optimizer_step() without on_before_optimizer_step(): call on_before_optimizer_step() after "
                 "loss.backward() and before optimizer.step()"
             )
+        for group in self.groups:
+            group.after_step(self._step)
         if self.reapply == "always" or reapply_needed(self._optimizers):
             for group in self.groups:
                 group.reapply()
@@ -494,9 +516,9 @@ class Pruning:
                         name=layer.name,
                         pruner=group.name,
                         shape=tuple(w.shape),
-                        pattern=group.config.pattern,
+                        pattern=group.pattern_label,
                         target=group.ratio,
-                        final_target=group.config.target_sparsity,
+                        final_target=group.final_target,
                         sparsity=zeros / w.numel(),
                         numel=w.numel(),
                     )

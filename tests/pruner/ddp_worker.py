@@ -36,7 +36,7 @@ MAGNITUDE = {"pruners": [{"scope": "global", "target_sparsity": 0.7, "min_sparsi
 def masks_agree(masks: dict[str, torch.Tensor], world: int) -> bool:
     agree = True
     for mask in masks.values():
-        mine = mask.to(torch.uint8)
+        mine = mask if mask.is_floating_point() else mask.to(torch.uint8)
         gathered = [torch.empty_like(mine) for _ in range(world)]
         dist.all_gather(gathered, mine)
         agree &= all(torch.equal(g, gathered[0]) for g in gathered)
@@ -58,6 +58,43 @@ def ddp_run(rank: int, world: int, result: dict[str, list]) -> None:
             result["ddp_agree"].append(masks_agree(session.masks, world))
 
 
+#: one config per pruner type (and the regularizer): each must keep every rank's masks and weights identical
+TYPE_CONFIGS = {
+    "progressive": {"pruners": [{"type": "progressive", "pattern": "4x1", "criterion": "snip_momentum", "target_sparsity": 0.75,
+                                 "scheduler": {"type": "iterative", "start_step": 0, "end_step": 8, "frequency": 4}}]},
+    "block_mask": {"pruners": [{"type": "block_mask", "pattern": "channelx1", "scope": "global", "target_sparsity": 0.5,
+                                "scheduler": {"type": "iterative", "start_step": 1, "end_step": 7, "frequency": 2}}]},
+    "group_lasso": {"pruners": [{"pattern": "4x1", "target_sparsity": 0.5, "regularizer": {"type": "group_lasso", "reg_coeff": 1e-4},
+                                 "scheduler": {"type": "iterative", "start_step": 0, "end_step": 6, "frequency": 2}}]},
+    "pattern_lock": {"pruners": [{"type": "pattern_lock"}]},
+}
+
+
+def types_run(rank: int, world: int, result: dict[str, list]) -> None:
+    """Every pruner type under DDP: identical masks and weights on every rank after each step."""
+    for name, config in TYPE_CONFIGS.items():
+        model = DistributedDataParallel(mlp(seed=0))
+        if name == "pattern_lock":
+            with torch.no_grad():
+                for p in model.parameters():
+                    if p.dim() == 2:
+                        p.masked_fill_(p.abs() < 0.05, 0.0)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+        session = prepare_pruning(model, config, opt)
+        agree = True
+        for step in range(10):
+            x, y = batch(step * world + rank)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            agree &= masks_agree(session.masks, world) and masks_agree({n: p.detach() for n, p in model.named_parameters()}, world)
+        zeros = sum(int((l.weight == 0).sum()) for g in session.groups for l in g.layers)
+        result["types"].append([name, agree, len(session.history), zeros])
+        session.finalize()
+        del model, opt, session
+        gc.collect()
+
+
 def unsynchronized_run(rank: int, world: int, result: dict[str, list]) -> None:
     """Ranks with different weights (no DDP): rank 0's masks are broadcast; without sync they differ."""
     for key, sync in (("sync_agree", None), ("nosync_agree", False)):
@@ -76,8 +113,9 @@ def main() -> None:
     rank, world, store, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    result: dict[str, list] = {"ddp_events": [], "ddp_agree": [], "sync_agree": [], "nosync_agree": []}
+    result: dict[str, list] = {"ddp_events": [], "ddp_agree": [], "sync_agree": [], "nosync_agree": [], "types": []}
     ddp_run(rank, world, result)
+    types_run(rank, world, result)
     unsynchronized_run(rank, world, result)
     gc.collect()
     dist.barrier()

@@ -1,4 +1,5 @@
-"""DDP on CPU with gloo, 2 processes: identical masks on every rank after each event (global scope)."""
+"""DDP on CPU with gloo, 2 processes: identical masks on every rank after each event (global scope),
+for every pruner type and the group_lasso regularizer."""
 
 from __future__ import annotations
 
@@ -34,3 +35,8 @@ def test_ddp_masks_identical_across_ranks(tmp_path: Path) -> None:
         assert all(r["ddp_agree"]) and all(r["sync_agree"])
         assert not any(r["nosync_agree"])  # the check above can fail: unsynchronized ranks disagree
     assert results[0]["ddp_events"] == results[1]["ddp_events"]
+    for r in results:
+        assert [t[0] for t in r["types"]] == ["progressive", "block_mask", "group_lasso", "pattern_lock"]
+        assert all(t[1] for t in r["types"]), r["types"]  # masks and weights identical on both ranks
+        assert all(t[2] >= 1 and t[3] > 0 for t in r["types"]), r["types"]  # events ran and pruned
+    assert results[0]["types"] == results[1]["types"]
