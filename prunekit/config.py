@@ -200,12 +200,23 @@ class PrunerConfig(StrictNumbersModel):
 
     @model_validator(mode="after")
     def _unused_keys_unset(self) -> "PrunerConfig":
-        used = sorted(self.unused_keys & self.model_fields_set)
+        fields = type(self).model_fields
+        # a value equal to the type's default is what a dump of the config holds: it loads back
+        used = sorted(k for k in self.unused_keys & self.model_fields_set if getattr(self, k) != fields[k].get_default(call_default_factory=True))
         if used:
             raise rule_error(
                 f"pruner type {self.type!r} does not use {', '.join(used)}",
                 f"remove {', '.join(used)} from this group (see `prunekit pruners` for what {self.type} reads)",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _criterion_fits(self) -> "PrunerConfig":
+        if self.criterion not in CRITERIA:
+            return self
+        problem = CRITERIA.get(self.criterion).config_problem(parse_pattern(self.pattern).kind, self.reduce, self.pattern)
+        if problem is not None:
+            raise rule_error(*problem)
         return self
 
     @model_validator(mode="after")

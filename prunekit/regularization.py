@@ -75,6 +75,30 @@ class Regularizer(abc.ABC):
         """Change ``group``'s weights after the optimizer step."""
 
 
+#: elements of the gradient squared at a time (a chunk of rows): the temporaries stay chunk-sized
+_CHUNK = 1 << 19
+
+
+def _block_square_sums(g2: torch.Tensor, pattern: Any) -> torch.Tensor:
+    """``sum of g^2`` over every block of ``pattern`` (float32, the block grid), a range of rows at a time."""
+    from prunekit.pruner.grids import row_ranges
+    from prunekit.pruner.patterns import BlockPattern
+
+    rows, cols = g2.shape
+    r = pattern.r
+    out = torch.zeros(pattern.grid_rows, pattern.grid_cols, dtype=torch.float32, device=g2.device)
+    per = max(1, _CHUNK // max(cols, 1))
+    if r <= per:
+        per = per // r * r  # whole block rows per range
+    for a, b in row_ranges(rows, r, per):
+        squares = g2[a:b].float().square()
+        if r <= per:
+            out[a // r : -(-b // r)] = BlockPattern(b - a, cols, r, pattern.c).resolution(squares, "sum")
+        else:  # part of one block row taller than a range (channel patterns): add its partial sums
+            out[a // r] += BlockPattern(b - a, cols, b - a, pattern.c).resolution(squares, "sum")[0]
+    return out
+
+
 @register_regularizer("group_lasso", config=GroupLassoConfig)
 class GroupLasso(Regularizer):
     """Group lasso on the pattern's blocks: W_b *= max(0, 1 - reg_coeff / (||G_b||_2 + 1e-12)) after each step."""
@@ -99,10 +123,7 @@ class GroupLasso(Regularizer):
             grad = layer.weight.grad
             if grad is None or grad.layout != torch.strided:
                 continue
-            pattern = group.patterns[layer.name]
-            squares = layer.layout.to_2d(grad.detach()).float().square()
-            norms = pattern.resolution(squares, "sum").sqrt_()
-            del squares
+            norms = _block_square_sums(layer.layout.to_2d(grad.detach()), group.patterns[layer.name]).sqrt_()
             self._factors[layer.name] = norms.add_(self.EPS).reciprocal_().mul_(-coeff).add_(1.0).clamp_(min=0.0)
 
     @torch.no_grad()

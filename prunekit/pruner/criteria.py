@@ -60,6 +60,12 @@ class Criterion(abc.ABC):
         """Fold this step's (block-reduced) ``fresh`` scores into ``acc`` (in place when possible)."""
         return fresh
 
+    @classmethod
+    def config_problem(cls, pattern_kind: str, reduce: str, pattern: str) -> tuple[str, str] | None:
+        """``(what is wrong, how to fix)`` when a group's pattern or ``reduce`` cannot go with this
+        criterion, else None (checked when the config is validated)."""
+        return None
+
     def _require_grad(self, grad: torch.Tensor | None) -> torch.Tensor:
         if grad is None:
             raise PruningError(

@@ -234,6 +234,12 @@ class PrunerGroup:
                     f"assign=True) or module.weight = nn.Parameter(...)); load weights before building the Pruning "
                     f"session and the optimizer, or load them with assign=False (copies into the same Parameters)"
                 )
+            if layer.weight.device != self.mask8[layer.name].device:
+                raise PruningError(
+                    f"pruner {self.name!r}, layer {layer.name!r}: the weight moved from {self.mask8[layer.name].device} to "
+                    f"{layer.weight.device} after the session was built (model.to(...)); its masks and scores stay "
+                    f"where they were. Move the model first, then build the Pruning session (and the optimizer)"
+                )
             if tuple(layer.weight.shape) != layer.layout.shape:
                 raise PruningError(
                     f"pruner {self.name!r}, layer {layer.name!r}: the weight's shape changed from "
@@ -257,9 +263,10 @@ class PrunerGroup:
             self.regularizer.before_step(self)
         return record
 
-    def after_step(self, step: int) -> None:
-        """Right after optimizer step ``step``: the regularizer's change of the weights (pruning window only)."""
-        if self.regularizer is not None and self.in_window(step):
+    def after_step(self, step: int, stepped: bool = True) -> None:
+        """Right after optimizer step ``step``: the regularizer's change of the weights (pruning window only;
+        not when no optimizer step was taken, as in :meth:`Pruning.prune_now`)."""
+        if self.regularizer is not None and self.in_window(step) and stepped:
             self.regularizer.after_step(self)
 
     def _refresh_second_moments(self, step: int, optimizers: list[torch.optim.Optimizer]) -> None:
@@ -321,17 +328,42 @@ class PrunerGroup:
         return record
 
     @torch.no_grad()
-    def lock_zeros(self) -> float:
-        """Mark every weight that is exactly zero now as pruned (it stays zero); returns the group's
-        element-wise sparsity afterwards. Other weights are untouched, whatever the pattern."""
+    def lock_zeros(self, whole_units: bool = True) -> float:
+        """Mark the weights that are exactly zero now as pruned (they stay zero); returns the group's
+        element-wise sparsity afterwards.
+
+        ``whole_units``: only zeros that form whole units of the group's pattern are locked (blocks
+        entirely zero; in ``N:M`` groups holding at least N zeros, the first N of them), so every
+        locked unit is one the pattern can express and the schedule counts it right; other zeros
+        train on. ``False``
+        locks every zero, element by element (``pattern_lock``).
+        """
         for layer in self.layers:
             mask = self.mask8[layer.name]
-            nonzero = layer.weight.detach().ne(0).view(mask.shape)
-            mask.bitwise_and_(nonzero.view(torch.int8).neg_())  # True -> 1 -> -1 (kept)
+            nonzero = layer.weight.detach().ne(0)
+            pattern = self.patterns[layer.name]
+            if whole_units and pattern.block_numel > 1 or whole_units and isinstance(pattern, NMPattern):
+                nonzero = layer.layout.from_2d(self._unit_keep(layer.layout.to_2d(nonzero), pattern))
+            mask.bitwise_and_(nonzero.contiguous().view(mask.shape).view(torch.int8).neg_())  # True -> 1 -> -1 (kept)
         zeros = sum(m.numel() - int(torch.count_nonzero(m)) for m in self.mask8.values())
         total = sum(m.numel() for m in self.mask8.values())
         self.has_pruned = self.has_pruned or zeros > 0
         return zeros / total if total else 0.0
+
+    @staticmethod
+    def _unit_keep(nonzero2d: torch.Tensor, pattern: BlockPattern | NMPattern) -> torch.Tensor:
+        """Bool ``[rows, cols]``: False only for the zeros of whole pattern units (see :meth:`lock_zeros`)."""
+        if isinstance(pattern, NMPattern):  # the first N zeros of every group holding at least N
+            zero = ~nonzero2d.reshape(pattern.rows, pattern.groups, pattern.m)
+            rank = zero.to(torch.int16).cumsum(-1)  # 1-based rank of each zero in its group
+            full = rank[..., -1:] >= pattern.n
+            return ~(zero & full & (rank <= pattern.n)).reshape(pattern.rows, pattern.cols)
+        keep = torch.ones_like(nonzero2d)
+        for er, ec, _, _, br, bc in pattern._parts():
+            blocks = nonzero2d[er, ec].unflatten(0, (-1, br)).unflatten(2, (-1, bc))
+            empty = ~blocks.any(3).any(1)  # [block rows, block cols]: every weight zero
+            keep[er, ec].unflatten(0, (-1, br)).unflatten(2, (-1, bc)).copy_(~empty[:, None, :, None].expand_as(blocks))
+        return keep
 
     def mask_grads(self) -> None:
         """Zero the gradients of the pruned weights (nothing before the first pruned weight)."""
@@ -862,6 +894,7 @@ class PrunerGroup:
             "masks": self.masks,  # bool, True = kept, like Pruning.masks
             "scores": {name: score.clone() for name, score in self.scores.items()},
             "init_ratio": self.init_ratio,
+            "accumulated_at": self._accumulated_at,
             **self.extra_state(),
         }
 
@@ -898,6 +931,9 @@ class PrunerGroup:
         ratio = state["ratio"]
         if not _is_number(ratio) or not 0.0 <= float(ratio) <= 1.0:
             problems.append(f"{where}.ratio: expected a number within [0, 1], got {_short(ratio)}")
+        accumulated = state.get("accumulated_at")
+        if accumulated is not None and (not isinstance(accumulated, int) or isinstance(accumulated, bool) or accumulated < 0):
+            problems.append(f"{where}.accumulated_at: expected None or an integer >= 0, got {_short(accumulated)}")
         init = state.get("init_ratio", 0.0)
         if not _is_number(init) or not 0.0 <= float(init) < 1.0:
             problems.append(f"{where}.init_ratio: expected a number within [0, 1), got {_short(init)}")
@@ -965,7 +1001,7 @@ class PrunerGroup:
             name: score.to(device=self.mask8[name].device, dtype=torch.float32, copy=True) for name, score in state["scores"].items()
         }
         self.init_ratio = float(state.get("init_ratio", 0.0))
-        self._accumulated_at = None
+        self._accumulated_at = state.get("accumulated_at")
         self._floored_at = None
         self.apply_extra_state(state)
         self.has_pruned = any(int(torch.count_nonzero(m)) < m.numel() for m in self.mask8.values())

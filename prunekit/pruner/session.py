@@ -22,6 +22,7 @@ counted either.
 
 from __future__ import annotations
 
+import gc
 import sys
 import warnings
 import weakref
@@ -34,6 +35,7 @@ from prunekit.config import PruningConfig, load_config
 from prunekit.errors import PruningError
 from prunekit.pruner.group import PrunerGroup, PruningRecord
 from prunekit.pruner.masks import apply_mask_, mask_optimizer_state_, reapply_needed
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from prunekit.pruner.report import LayerReport, PruningReport
 from prunekit.pruner.selection import select_layers, unwrap_model
 from prunekit.registry import PRUNERS
@@ -42,10 +44,6 @@ __all__ = ["Pruning", "prepare_pruning", "STATE_FORMAT"]
 
 #: version of the layout of :meth:`Pruning.state_dict`
 STATE_FORMAT = 1
-
-#: backward passes without an optimizer step the session saw, after which it warns (gradient
-#: accumulation never gets near this; an abandoned optimizer does)
-BACKWARDS_WITHOUT_STEP = 1000
 
 #: ``id(weight) -> (weakref to the weight, weakref to the session, group name, layer name)``: which
 #: live session prunes each weight, so a second session on the same layer is refused
@@ -58,7 +56,7 @@ def _owner_of(weight: torch.Tensor) -> tuple["Pruning", str, str] | None:
         return None
     weight_ref, session_ref, group, layer = entry
     session = session_ref()
-    if weight_ref() is not weight or session is None or session._closed:
+    if weight_ref() is not weight or session is None or session._closed or session._finalized:
         del _OWNERS[id(weight)]
         return None
     return session, group, layer
@@ -74,12 +72,10 @@ class Pruning:
     when ``torch.distributed`` is initialized with more than one rank).
 
     **Guards.** A weight belongs to one live session (a second session on it is refused until the
-    first is finalized or closed). Each pruned weight carries a gradient hook that notices when the
-    weight was changed by something other than an optimizer step the session saw (a new optimizer
-    the session is not attached to, a load of dense weights): a pruned weight that grew back is a
-    :class:`PruningError` at the next backward pass, other changes a warning. A Parameter replaced
-    after the session was built (``load_state_dict(..., assign=True)``) or resized is an error at
-    the next step, report or save.
+    first is finalized or closed). An optimizer other than the attached one that steps the pruned
+    weights (a new optimizer created mid-training) is a :class:`PruningError` at that step once
+    something is pruned, and a warning before. A Parameter replaced after the session was built
+    (``load_state_dict(..., assign=True)``) or resized is an error at the next step, report or save.
     """
 
     def __init__(
@@ -115,6 +111,7 @@ class Pruning:
                 owner[id(layer.weight)] = (str(group_cfg.name), layer.name)
             self.groups.append(PRUNERS.get(group_cfg.type)(group_cfg, layers))
         self._closed = False
+        self._finalized = False
         self._claim_layers()
         self.history: list[PruningRecord] = []
         self._step = 0
@@ -124,21 +121,22 @@ class Pruning:
         self._step_frame: Any = None
         self._nested = 0
         self._in_step = False
-        self._finalized = False
         self._optimizer_steps_seen = 0
-        #: the layers in session order, the weight versions after the last step the session saw
-        #: (None: no baseline yet) and the backward passes since then (see :meth:`_on_backward`)
+        #: True after detach(): no other optimizer's step is reported until the session is driven again
+        self._paused = False
         self._layers = [(group, layer) for group in self.groups for layer in group.layers]
-        self._versions: list[int] | None = None
-        self._backwards = 0
         self._warned: set[str] = set()
-        self._grad_handles = self._register_grad_hooks()
+        self._global_hook = self._watch_other_optimizers()
 
     def _claim_layers(self) -> None:
         """Refuse layers another live session prunes; then record this session as their owner."""
         for group in self.groups:
             for layer in group.layers:
                 found = _owner_of(layer.weight)
+                if found is not None:
+                    del found
+                    gc.collect()  # an attached session nobody holds lives in a cycle with its optimizer until collected
+                    found = _owner_of(layer.weight)
                 if found is not None:
                     other, other_group, other_layer = found
                     raise PruningError(
@@ -159,25 +157,19 @@ class Pruning:
                 if entry is not None and entry[1]() is self:
                     del _OWNERS[id(layer.weight)]
 
-    def _register_grad_hooks(self) -> list[Any]:
-        """One post-accumulate-grad hook per trainable pruned weight (a weak reference to the session)."""
+    def _watch_other_optimizers(self) -> Any:
+        """A process-wide optimizer step post-hook (a weak reference to the session): an optimizer other
+        than the attached one that steps pruned weights outside the session's own steps (a new optimizer
+        after the old one was attached) is reported (:meth:`_foreign_step`)."""
         me = weakref.ref(self)
-        handles = []
-        #: the layer whose hook counts backward passes (the first trainable one)
-        self._counting_layer = -1
-        for index, (_, layer) in enumerate(self._layers):
-            if layer.frozen or not hasattr(layer.weight, "register_post_accumulate_grad_hook"):
-                continue
-            if self._counting_layer < 0:
-                self._counting_layer = index
+        pruned = {id(layer.weight) for _, layer in self._layers}
 
-            def hook(param: torch.Tensor, index: int = index) -> None:
-                session = me()
-                if session is not None:
-                    session._on_backward(index, param)
+        def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            session = me()
+            if session is not None:
+                session._foreign_step(optimizer, pruned)
 
-            handles.append(layer.weight.register_post_accumulate_grad_hook(hook))
-        return handles
+        return register_optimizer_step_post_hook(hook)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -243,6 +235,7 @@ class Pruning:
         self._remove_optimizer_hooks()
         self._optimizers = [optimizer]
         self._in_step = False
+        self._paused = False
         if hooks:
             self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: self._pre_hook()))
             self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self._post_hook()))
@@ -253,7 +246,6 @@ class Pruning:
                         mask = group.mask8[layer.name]
                         apply_mask_(layer.weight, mask)
                         mask_optimizer_state_(self._optimizers, layer.weight, mask)
-        self._versions = None  # a new baseline after the next step
         return self
 
     def detach(self) -> "Pruning":
@@ -266,7 +258,7 @@ class Pruning:
         self._remove_optimizer_hooks()
         self._optimizers = []
         self._in_step = False
-        self._versions = None
+        self._paused = True
         return self
 
     def _pre_hook(self) -> None:
@@ -361,9 +353,8 @@ class Pruning:
             raise PruningError("prune_now() inside an optimizer step; call it between steps")
         before = len(self.history)
         self._before_step()
-        self._after_step()
+        self._after_step(stepped=False)
         self._optimizer_steps_seen -= 1  # no optimizer step was taken
-        self._versions = None  # nor a baseline for the guards (the model may be wrapped or moved next)
         return self.history[-1] if len(self.history) > before else None
 
     def on_train_end(self) -> None:
@@ -404,89 +395,56 @@ class Pruning:
                 )
             self._in_step = False
         self._check_layers()
-        self._check_versions("optimizer step")
+        self._paused = False
         for group in self.groups:
             record = group.before_step(self._step, self._optimizers, self.sync_masks)
             if record is not None:
                 self.history.append(record)
         self._in_step = True
 
-    def _after_step(self) -> None:
+    def _after_step(self, stepped: bool = True) -> None:
         if not self._in_step:
             raise PruningError(
                 "on_after_optimizer_step() without on_before_optimizer_step(): call on_before_optimizer_step() after "
                 "loss.backward() and before optimizer.step()"
             )
         for group in self.groups:
-            group.after_step(self._step)
+            group.after_step(self._step, stepped)
         if self.reapply == "always" or reapply_needed(self._optimizers):
             for group in self.groups:
                 group.reapply()
         self._step += 1
         self._optimizer_steps_seen += 1
         self._in_step = False
-        self._versions = [layer.weight._version for _, layer in self._layers]
-        self._backwards = 0
 
     # ------------------------------------------------------------------ guards
-    def _on_backward(self, index: int, param: torch.Tensor) -> None:
-        """Gradient hook of pruned weight ``index``: the weight must be as the last step left it."""
-        if self._closed or self._finalized or self._versions is None:
-            return
-        group, layer = self._layers[index]
-        if param is not layer.weight:
-            return
-        if index == self._counting_layer:
-            self._backwards += 1
-            if self._backwards == BACKWARDS_WITHOUT_STEP and self.attached:
-                self._warn_once(
-                    "backwards",
-                    f"{BACKWARDS_WITHOUT_STEP} backward passes since the last optimizer step the pruning session saw "
-                    f"(step {self._step}): if you created a new optimizer, call pruning.attach(new_optimizer); "
-                    f"if pruning is over, call pruning.finalize()",
-                )
-        if param._version != self._versions[index]:
-            self._foreign_change(index, "backward pass")
+    def _foreign_step(self, optimizer: torch.optim.Optimizer, pruned: set[int]) -> None:
+        """Any optimizer's step just ended: one the session is not attached to, stepping pruned weights
+        outside the session's steps, means events stop and (once something is pruned) pruned weights
+        grow back. An error once something is pruned, else a warning; both say to re-attach.
 
-    def _check_versions(self, where: str) -> None:
-        if self._versions is None:
+        Steps inside the session's own step (an optimizer calling another one's ``step()``, e.g. SAM
+        around its base optimizer) and sessions that are paused (:meth:`detach`) are not reported.
+        """
+        if self._closed or self._finalized or self._paused or self._in_step or optimizer in self._optimizers:
             return
-        for index, (_, layer) in enumerate(self._layers):
-            if layer.weight._version != self._versions[index]:
-                self._foreign_change(index, where)
-                return
-
-    @torch.no_grad()
-    def _foreign_change(self, index: int, where: str) -> None:
-        """A pruned weight changed outside the optimizer steps the session saw: an error when a pruned
-        entry is no longer zero, else a warning (once); then a new baseline."""
-        group, layer = self._layers[index]
-        versions = self._versions
-        self._versions = None
-        regrown = []
-        for g, l in self._layers:
-            if g.has_pruned:
-                grown = int(torch.count_nonzero(l.weight.detach().ne(0).logical_and_(g.mask8[l.name] == 0)))
-                if grown:
-                    regrown.append(f"{l.name!r} ({grown:,} of {l.numel:,} weights)")
-        cause = (
-            "a new optimizer the session is not attached to (call pruning.attach(new_optimizer)), "
-            "model.load_state_dict(...) of other weights (load the pruning state too: pruning.load_state_dict(state)), "
-            "or an in-place edit of the weights"
-        )
-        if regrown:
-            self._versions = versions  # every later backward pass fails too, until attach() or a load
+        if not any(id(p) in pruned for group in optimizer.param_groups for p in group["params"]):
+            return
+        name = type(optimizer).__name__
+        attached = type(self._optimizers[0]).__name__ if self._optimizers else None
+        where = f"the session is attached to another optimizer ({attached})" if attached else "the session is not attached to it"
+        fix = "call pruning.attach(optimizer) with the optimizer that trains the model (re-attaching applies the masks again)"
+        if any(group.has_pruned for group in self.groups):
             raise PruningError(
-                f"pruned weights grew back in {', '.join(regrown)} of the pruning session at step {self._step}: the "
-                f"weights were changed outside the optimizer steps the session saw (noticed at a {where}). Likely "
-                f"{cause}. Masks are applied again by attach() and load_state_dict()"
+                f"an optimizer ({name}) stepped pruned weights, but {where} (step {self._step}): its steps are not "
+                f"pruning steps, and pruned weights grow back under it; {fix}, or detach()/finalize() the session "
+                f"if pruning is over"
             )
         self._warn_once(
             "foreign",
-            f"layer {layer.name!r} (pruner {group.name!r}) was changed outside the optimizer steps the pruning session "
-            f"saw (noticed at a {where}, step {self._step}); pruning events only run on steps the session sees. Likely {cause}",
+            f"an optimizer ({name}) stepped the weights of the pruning session, but {where} (step {self._step}): "
+            f"pruning events only run on the steps of the attached optimizer; {fix}",
         )
-        self._versions = [l.weight._version for _, l in self._layers]
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -554,12 +512,9 @@ class Pruning:
 
     def _end(self) -> None:
         self._remove_optimizer_hooks()
-        for handle in self._grad_handles:
-            handle.remove()
-        self._grad_handles.clear()
+        self._global_hook.remove()
         self._release_layers()
         self._in_step = False
-        self._versions = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -597,7 +552,6 @@ class Pruning:
         self._optimizer_steps_seen = self._step  # steps taken before the save count as observed
         self.history = history
         self._in_step = False
-        self._versions = None
 
     def _check_state(self, state: Any) -> list[str]:
         if not isinstance(state, Mapping):

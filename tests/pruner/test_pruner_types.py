@@ -303,3 +303,81 @@ def test_every_type_resumes_exactly(name: str, cut: int, tmp_path) -> None:
         assert torch.equal(a, b)
     for n, m in full.masks.items():
         assert torch.equal(m, resumed.masks[n])
+
+
+@pytest.mark.parametrize("pattern", ["4x1", "3x2", "channelx1", "2xchannel", "1x1"])
+def test_group_lasso_block_norms_are_the_same_in_row_chunks(pattern: str, monkeypatch) -> None:
+    """Chunk-sized temporaries (partial edge blocks and blocks taller than a chunk included) give the
+    block sums of one whole-tensor reduction."""
+    import prunekit.regularization as regularization
+    from prunekit.pruner.patterns import make_pattern
+    from prunekit.pruner.selection import Layout
+    from prunekit.pattern_syntax import parse_pattern
+
+    g = torch.randn(23, 17)
+    p = make_pattern(parse_pattern(pattern), Layout("linear", (23, 17)), where="test")
+    whole = p.resolution(g.square(), "sum")
+    monkeypatch.setattr(regularization, "_CHUNK", 40)  # ranges of 2 rows
+    assert torch.allclose(regularization._block_square_sums(g, p), whole, rtol=1e-6)
+
+
+@pytest.mark.parametrize("pattern, target", [("4x1", 0.8), ("channelx1", 0.8), ("2:4", 0.5)])
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_lock_init_sparsity_locks_whole_units_and_the_schedule_counts_them(pattern: str, target: float, scope: str) -> None:
+    """Zeros scattered at random: only blocks entirely zero (N:M: N zeros of a group) are locked, so the
+    masks reach exactly each event's target; the other zeros are weights like the rest."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    with torch.no_grad():
+        for layer in model:
+            layer.weight.masked_fill_(torch.rand_like(layer.weight) < 0.5, 0.0)
+    config = {"pruners": [{"pattern": pattern, "scope": scope, "target_sparsity": target, "lock_init_sparsity": True,
+                           "scheduler": {"type": "iterative", "end_step": 4, "frequency": 2}}]}
+    session = pk.Pruning(model, config)
+    records = [r for r in (session.prune_now() for _ in range(5)) if r is not None]
+    assert [r.step for r in records] == [0, 2, 4]
+    for record in records:
+        assert record.sparsity == pytest.approx(record.target, abs=0.01)  # never more than the schedule asks
+    assert records[-1].sparsity == pytest.approx(target, abs=0.005)
+
+
+def test_every_type_config_loads_back_from_its_dump() -> None:
+    config = pk.load_config({"pruners": [{"type": "pattern_lock", "op_names": ["^0$"]}, {"type": "block_mask", "op_names": ["^2$"], "target_sparsity": 0.5},
+                                         {"type": "progressive", "op_names": ["^4$"], "target_sparsity": 0.5}]})
+    for dump in (config.model_dump(), config.model_dump(mode="json")):
+        assert pk.load_config(dump) == config
+    session = pk.Pruning(mlp(), config.model_dump(mode="json"))  # a saved state's config builds the session
+    session.close()
+
+
+def test_the_block_mask_criterion_refuses_what_it_cannot_score_in_any_type() -> None:
+    with pytest.raises(ConfigError, match="block_mask masks whole blocks, and pattern 2:4 has none"):
+        pk.load_config({"pruners": [{"criterion": "block_mask", "pattern": "2:4", "target_sparsity": 0.5}]})
+    with pytest.raises(ConfigError, match="'max' of signed products means nothing"):
+        pk.load_config({"pruners": [{"type": "progressive", "criterion": "block_mask", "reduce": "max", "target_sparsity": 0.5}]})
+
+
+def test_a_corrupted_progressive_state_is_refused() -> None:
+    model, session, _ = run(PROGRESSIVE, 5)  # sub-steps of the event at step 4 pending
+    state = session.state_dict()
+    assert state["groups"]["pruner0"]["progressive"]["pending"]["done"] == 1
+    state["groups"]["pruner0"]["progressive"]["pending"]["every"] = 0
+    with pytest.raises(pk.PruningError, match=r"progressive\.pending: expected 2 <= stages <= 64, every >= 1"):
+        session.load_state_dict(state)
+    state = session.state_dict()
+    state["groups"]["pruner0"]["progressive"]["stage"]["0"].fill_(9)
+    with pytest.raises(pk.PruningError, match=r"progressive\.stage\['0'\]: values outside \[-1, 4\]"):
+        session.load_state_dict(state)
+
+
+def test_prune_now_does_not_run_the_regularizer() -> None:
+    """No optimizer step was taken: the weights only change by the event's masks."""
+    model = mlp()
+    config = {"pruners": [{"pattern": "4x1", "target_sparsity": 0.5, "regularizer": {"type": "group_lasso", "reg_coeff": 10.0}}]}
+    session = pk.Pruning(model, config)
+    before = [m.weight.detach().clone() for m in model if isinstance(m, nn.Linear)]
+    nn.functional.mse_loss(model(batch(0)[0]), batch(0)[1]).backward()
+    session.prune_now()
+    for w, m in zip(before, [m for m in model if isinstance(m, nn.Linear)]):
+        kept = session.masks[str(list(model).index(m))]
+        assert torch.equal(m.weight[kept], w[kept])

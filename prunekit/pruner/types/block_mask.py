@@ -19,14 +19,12 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from prunekit.config import PrunerConfig
-from prunekit.pattern_syntax import parse_pattern
 from prunekit.pruner.criteria import Criterion
 from prunekit.pruner.group import PrunerGroup
 from prunekit.registry import CRITERIA, register_pruner
-from prunekit.validation import rule_error
 
 __all__ = ["BlockMaskConfig", "BlockMaskCriterion", "BlockMaskPruner"]
 
@@ -49,6 +47,15 @@ class BlockMaskCriterion(Criterion):
             return torch.mul(w, g, out=out)
         return out.copy_(w).mul_(g)
 
+    @classmethod
+    def config_problem(cls, pattern_kind: str, reduce: str, pattern: str) -> tuple[str, str] | None:
+        if pattern_kind == "nm":
+            return (f"block_mask masks whole blocks, and pattern {pattern} has none",
+                    "use a block pattern such as 4x1 or channelx1 (or another criterion for N:M)")
+        if reduce == "max":
+            return ("block_mask scores a block by the sum of w·g; 'max' of signed products means nothing", "use reduce: sum (INC) or mean")
+        return None
+
     def accumulate(self, acc: torch.Tensor | None, fresh: torch.Tensor) -> torch.Tensor:
         """Formula: S <- momentum·S + |fresh| (non-finite entries of ``fresh`` add nothing, as in snip_momentum)."""
         torch.nan_to_num_(fresh, nan=0.0, posinf=0.0, neginf=0.0).abs_()
@@ -64,23 +71,6 @@ class BlockMaskConfig(PrunerConfig):
     criterion: str = Field("block_mask", description="Always block_mask for this type.")
     reduce: Literal["mean", "sum", "max"] = Field("sum", description="sum (INC's mask gradient) or mean over a block.")
     unused_keys: ClassVar[frozenset[str]] = frozenset({"criterion"})
-
-    @field_validator("pattern")
-    @classmethod
-    def _blocks_only(cls, value: str) -> str:
-        if parse_pattern(value).kind == "nm":
-            raise rule_error(
-                f"block_mask masks whole blocks, and pattern {value} has none",
-                "use a block pattern such as 4x1 or channelx1 (or type: basic for N:M)",
-            )
-        return value
-
-    @field_validator("reduce")
-    @classmethod
-    def _no_max(cls, value: str) -> str:
-        if value == "max":
-            raise rule_error("block_mask scores a block by the sum of w·g; 'max' of signed products means nothing", "use reduce: sum (INC) or mean")
-        return value
 
 
 @register_pruner("block_mask", config=BlockMaskConfig)

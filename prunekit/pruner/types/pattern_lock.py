@@ -68,7 +68,7 @@ class PatternLockPruner(PrunerGroup):
     def _prune(
         self, step: int, event: PruningEvent, ratio: float, optimizers: list[torch.optim.Optimizer], sync: bool, apply: bool = True
     ) -> PruningRecord:
-        self.ratio = self.lock_zeros()  # identical on every rank: the weights are
+        self.ratio = self.lock_zeros(whole_units=False)  # identical on every rank: the weights are
         for layer in self.layers:
             mask = self.mask8[layer.name]
             apply_mask_(layer.weight, mask)

@@ -137,6 +137,11 @@ class ProgressivePruner(PrunerGroup):
         try:
             record = super()._prune(step, event, ratio, optimizers, sync, apply=False)  # final masks, weights untouched
             stage = self._stages(step, before, stages)
+            if sync:  # rank 0's order wins, as its masks do: every rank zeroes the same weights at each sub-step
+                import torch.distributed as dist
+
+                for t in stage.values():
+                    dist.broadcast(t, src=0)
         except BaseException:
             for name, mask in self.mask8.items():
                 mask.copy_(before[name])
@@ -225,10 +230,15 @@ class ProgressivePruner(PrunerGroup):
         keys = {"step", "stages", "every", "done"}
         if not isinstance(pending, dict) or set(pending) != keys or not all(_is_number(v) and float(v).is_integer() for v in pending.values()):
             return [f"{where}.progressive.pending: expected integers {sorted(keys)}, got {_short(pending)}"]
+        stages, every, done = int(pending["stages"]), int(pending["every"]), int(pending["done"])
+        if not (2 <= stages <= 64 and every >= 1 and 1 <= done < stages and pending["step"] >= 0):
+            return [f"{where}.progressive.pending: expected 2 <= stages <= 64, every >= 1, 1 <= done < stages, got {_short(pending)}"]
         for layer in self.layers:
             t = stage.get(layer.name)
             if not isinstance(t, torch.Tensor) or t.dtype != torch.int8 or tuple(t.shape) != tuple(layer.weight.shape):
                 problems.append(f"{where}.progressive.stage[{layer.name!r}]: expected an int8 tensor of shape {list(layer.weight.shape)}")
+            elif t.numel() and (int(t.min()) < _KEPT or int(t.max()) > stages):
+                problems.append(f"{where}.progressive.stage[{layer.name!r}]: values outside [-1, {stages}]")
         return problems
 
     def apply_extra_state(self, state: Any) -> None:
