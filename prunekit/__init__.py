@@ -44,6 +44,7 @@ from prunekit.registry import (
     register_pruner,
     register_scheduler,
 )
+from prunekit.post_training import OneShotResult, oneshot
 from prunekit.regularization import GroupLassoConfig, Regularizer, RegularizerConfig, register_regularizer
 from prunekit.schedulers.data import (
     AGPDataScheduler,
@@ -101,6 +102,8 @@ __all__ = [
     "OneshotScheduler",
     "PATTERNS",
     "PRUNERS",
+    "oneshot",
+    "OneShotResult",
     "REGULARIZERS",
     "GroupLassoConfig",
     "Regularizer",

@@ -32,8 +32,8 @@ PRUNEKIT_TOP_KEYS = ("version", "defaults", "pruners", "data_sparsity")
 
 #: INC pruning types prunekit does not implement, with the reason shown to the user
 INC_UNSUPPORTED_CRITERIA = {
-    "retrain_free": "retrain-free pruning prunes once from calibration data, which prunekit does not do yet",
-    "sparse_gpt": "SparseGPT prunes once from calibration data, which prunekit does not do yet",
+    "retrain_free": "INC's retrain-free pruning (channel masks rearranged from mask gradients over a loss) is not implemented; "
+    "for post-training pruning use pruning_type sparse_gpt, or type wanda / magnitude",
     "block_mask_progressive": "INC could not run it either (its progressive pruner has no block masks)",
     "retrain_free_progressive": "INC could not run it either (its progressive pruner has no block masks)",
 }
@@ -44,7 +44,10 @@ INC_PRUNING_TYPES: dict[str, tuple[str, str | None]] = {
     **{f"{c}_progressive": ("progressive", c) for c in ("magnitude", "gradient", "snip", "snip_momentum")},
     "pattern_lock": ("pattern_lock", None),
     "block_mask": ("block_mask", None),
+    "sparse_gpt": ("sparse_gpt", None),
 }
+#: canonical group keys a one-shot group does not read (INC's defaults fill them for every group)
+_ONESHOT_DROPS = ("criterion", "reduce", "scope", "min_sparsity_per_op", "max_sparsity_per_op", "scheduler")
 #: canonical group keys a pattern_lock group does not read (INC's defaults fill them for every group)
 _PATTERN_LOCK_DROPS = ("target_sparsity", "pattern", "criterion", "reduce", "scope", "min_sparsity_per_op", "max_sparsity_per_op")
 
@@ -257,6 +260,13 @@ def _inc_type(group: dict[str, Any], given: set[str], local: Mapping[str, Any], 
     if kind == "block_mask" and "criterion_reduce_type" not in given:
         group.pop("reduce", None)  # INC scored block masks by the gradient's sum, whatever its default reduce
         origin.pop(("pruners", index, "reduce"), None)
+    if kind == "sparse_gpt":
+        if "pattern" not in given:
+            group["pattern"] = "1x1"  # INC's default 4x1 is a block pattern; its SparseGPT examples all prune 1x1
+        for key in _ONESHOT_DROPS:
+            group.pop(key, None)
+            for path in [p for p in origin if p[:3] == ("pruners", index, key)]:
+                origin.pop(path)
     if kind == "pattern_lock":
         if "pattern" in local:
             warnings.warn(

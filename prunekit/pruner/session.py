@@ -609,14 +609,59 @@ def prepare_pruning(
     model: nn.Module,
     config: Any,
     optimizer: torch.optim.Optimizer | None = None,
+    *,
+    dataloader: Any = None,
+    loss_func: Any = None,
+    device: Any = None,
     **options: Any,
 ) -> Pruning:
     """Build a :class:`Pruning` session for ``model`` and ``config``; attach ``optimizer`` when given.
 
     Without an optimizer, drive it with the manual hooks (or call ``attach`` later).
+
+    INC's post-training form: with ``dataloader`` (calibration batches) and one-shot groups
+    (``sparse_gpt``, ``wanda``, ``magnitude``; INC's ``pruning_type: sparse_gpt``) the model is pruned
+    at once by :func:`prunekit.oneshot` (on ``device``), and the session returned keeps exactly the
+    resulting zeros (``pattern_lock``) while the model is fine-tuned. ``loss_func`` is accepted for
+    INC's signature and not used (a warning says so); ``device`` and ``loss_func`` without a
+    ``dataloader`` are an error.
     """
+    if dataloader is not None:
+        if loss_func is not None:
+            warnings.warn("prepare_pruning: loss_func is not used; one-shot pruning needs no loss (INC used it for retrain_free only)", UserWarning, stacklevel=2)
+        return _prepare_oneshot(model, config, optimizer, dataloader, device, options)
+    if device is not None or loss_func is not None:
+        raise TypeError("prepare_pruning: device= and loss_func= belong to the post-training form with dataloader=; "
+                        "for training-time pruning move the model yourself and drop them")
     session = Pruning(model, config, **options)
     if optimizer is not None:
         session.attach(optimizer)
     session.on_train_begin()
+    return session
+
+
+def _prepare_oneshot(model: nn.Module, config: Any, optimizer: torch.optim.Optimizer | None, dataloader: Any, device: Any, options: dict[str, Any]) -> Pruning:
+    """INC's post-training form: the locking session is built first (its options checked, its layers
+    claimed), then the model is pruned once; if pruning fails the session is closed and the model
+    restored, so a refused call changes nothing."""
+    from prunekit.post_training import lock_config, oneshot, oneshot_layers
+    from prunekit.pruner.types.oneshot import ONESHOT_TYPES
+
+    loaded = load_config(config)
+    if not any(group.type in ONESHOT_TYPES for group in loaded.pruners):
+        raise PruningError(
+            "prepare_pruning(..., dataloader=...) prunes once from calibration data, which needs a one-shot group "
+            "(type sparse_gpt, wanda or magnitude; INC's pruning_type: sparse_gpt); for training-time pruning pass "
+            "the optimizer instead"
+        )
+    session = Pruning(model, lock_config(oneshot_layers(model, loaded)), **options)
+    try:
+        oneshot(model, loaded, dataloader, device=device)
+    except BaseException:
+        session.close()
+        raise
+    if optimizer is not None:
+        session.attach(optimizer)
+    session.on_train_begin()
+    session.prune_now()  # lock the zeros now: the first optimizer step must not move them
     return session

@@ -20,7 +20,7 @@ def quiet_config(config):
         return pk.load_config(config)
 
 
-@pytest.mark.parametrize("pruning_type", list(INC_PRUNING_TYPES))
+@pytest.mark.parametrize("pruning_type", [t for t in INC_PRUNING_TYPES if t != "sparse_gpt"])
 def test_every_training_time_pruning_type_maps_as_inc_mapped_it(pruning_type: str) -> None:
     kind, criterion = INC_PRUNING_TYPES[pruning_type]
     extra = {"start_step": 0, "end_step": 0} if kind == "pattern_lock" else {"start_step": 1, "end_step": 9, "pruning_frequency": 4}
@@ -30,10 +30,17 @@ def test_every_training_time_pruning_type_maps_as_inc_mapped_it(pruning_type: st
         assert group.criterion == criterion
 
 
-@pytest.mark.parametrize("pruning_type", ["retrain_free", "sparse_gpt"])
-def test_post_training_types_say_they_are_not_here(pruning_type: str) -> None:
-    with pytest.raises(pk.ConfigError, match="prunes once from calibration data"):
-        pk.load_config({"pruning_type": pruning_type})
+def test_retrain_free_says_it_is_not_implemented_and_what_to_use() -> None:
+    with pytest.raises(pk.ConfigError, match="retrain-free pruning .* is not implemented.*sparse_gpt"):
+        pk.load_config({"pruning_type": "retrain_free"})
+
+
+def test_sparse_gpt_is_the_one_shot_type_with_incs_defaults_dropped() -> None:
+    group = quiet_config({"pruning_type": "sparse_gpt", "target_sparsity": 0.5, "op_names": ["layers"]}).pruners[0]
+    assert (group.type, group.pattern, group.target_sparsity) == ("sparse_gpt", "1x1", 0.5)  # INC's default 4x1 is not SparseGPT's
+    assert quiet_config({"pruning_type": "sparse_gpt", "pattern": "2:4", "target_sparsity": 0.5}).pruners[0].pattern == "2:4"
+    with pytest.raises(pk.ConfigError, match="sparse_gpt prunes unstructured"):
+        pk.load_config({"pruning_type": "sparse_gpt", "pattern": "4x1"})
 
 
 class Classifier(nn.Module):
