@@ -3,7 +3,8 @@ patterns its zeros satisfy (``prunekit report CHECKPOINT``).
 
 Accepted files (``torch.load(..., weights_only=True)``, never the full unpickler): a model ``state_dict``; a training checkpoint holding one under
 ``model``, ``state_dict``, ``model_state_dict`` or ``module`` (Lightning's ``state_dict`` included);
-a Hugging Face ``model.safetensors``. Every floating tensor with at least 2 dimensions whose name
+a Hugging Face ``model.safetensors``; a Hugging Face model folder or Trainer ``checkpoint-N`` folder
+(sharded weights too, and the pruning state the Trainer callback saved beside them). Every floating tensor with at least 2 dimensions whose name
 ends in ``weight`` is a layer. The 2-D view is the one the pruner uses for ``Linear`` / ``Conv``
 (``[out, k... · in]``); a state dict does not say which 2-D weights are transposed (GPT-2's
 ``Conv1D``), so those are read as ``[out, in]``.
@@ -24,7 +25,7 @@ import torch
 
 from prunekit.pruner.selection import Layout
 
-__all__ = ["LayerSparsity", "load_weights", "safe_load", "analyse", "satisfied_patterns", "CHECKED_PATTERNS"]
+__all__ = ["LayerSparsity", "HF_WEIGHT_FILES", "load_weights", "safe_load", "analyse", "satisfied_patterns", "CHECKED_PATTERNS"]
 
 #: the patterns ``report`` checks, in the order they are listed
 CHECKED_PATTERNS = ("2:4", "1:4", "4x1", "1x4", "channelx1", "1xchannel")
@@ -48,25 +49,87 @@ class LayerSparsity:
         return n
 
 
+#: the weight files of a Hugging Face model folder, tried in order (an ``.index.json`` lists shards)
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+#: the file the Hugging Face Trainer callback writes beside the weights of a checkpoint
+PRUNING_STATE_FILE = "prunekit_pruning.pt"
+
+
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """The tensors of a checkpoint and, if it holds one, a prunekit ``Pruning.state_dict()``."""
+    """The tensors of a checkpoint and, if it holds one, a prunekit ``Pruning.state_dict()``.
+
+    ``path`` is a file (see the module docstring) or a folder: a Hugging Face model folder or a
+    Trainer ``checkpoint-N`` folder, whose weights are read from :data:`HF_WEIGHT_FILES` (sharded
+    too) and whose pruning state from ``prunekit_pruning.pt`` beside them, when it is there.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
+    if path.is_dir():
+        return _load_folder(path)
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise ImportError(f"{path}: reading .safetensors files needs the safetensors package: pip install safetensors") from None
-        return dict(load_file(str(path))), None
+        return _load_safetensors(path), None
     obj = safe_load(path)
     pruning = _find_pruning_state(obj)
     tensors = _find_state_dict(obj)
+    if tensors is None and pruning is not None:
+        raise ValueError(
+            f"{path}: this is prunekit's pruning state (step {pruning.get('global_step')}, groups "
+            f"{', '.join(map(str, pruning.get('groups', {})))}), not the model's weights; run prunekit report on the "
+            f"folder that holds it beside the weights ({' or '.join(HF_WEIGHT_FILES[::2])}), e.g. prunekit report {path.parent}"
+        )
     if tensors is None:
         raise ValueError(
             f"{path}: no model weights found; expected a state_dict or a checkpoint with one of the keys {', '.join(_STATE_KEYS)}"
         )
     return tensors, pruning
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ImportError(f"{path}: reading .safetensors files needs the safetensors package: pip install safetensors") from None
+    return dict(load_file(str(path)))
+
+
+def _load_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """A Hugging Face model folder or Trainer checkpoint: its weights (sharded or not) and the pruning state beside them."""
+    import json
+
+    found = next((folder / name for name in HF_WEIGHT_FILES if (folder / name).is_file()), None)
+    if found is None:
+        present = ", ".join(sorted(p.name for p in folder.iterdir())[:12]) or "nothing"
+        raise FileNotFoundError(
+            f"{folder}: no model weights in this folder (looked for {', '.join(HF_WEIGHT_FILES)}; it holds {present}); "
+            f"pass the model folder, a checkpoint-N folder or a weights file"
+        )
+    if found.name.endswith(".index.json"):
+        index = json.loads(found.read_text())
+        shards = sorted(set(index.get("weight_map", {}).values()))
+        if not shards:
+            raise ValueError(f"{found}: its weight_map lists no shard files")
+        tensors: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            shard_path = folder / shard
+            if Path(shard).name != shard or not shard_path.is_file():
+                raise FileNotFoundError(f"{found}: shard {shard!r} is not a file in {folder}")
+            tensors.update(_load_safetensors(shard_path) if shard.endswith(".safetensors") else _state_dict_of(shard_path))
+    elif found.suffix == ".safetensors":
+        tensors = _load_safetensors(found)
+    else:
+        tensors = _state_dict_of(found)
+    pruning = None
+    if (folder / PRUNING_STATE_FILE).is_file():
+        pruning = _find_pruning_state(safe_load(folder / PRUNING_STATE_FILE))
+    return tensors, pruning
+
+
+def _state_dict_of(path: Path) -> dict[str, torch.Tensor]:
+    tensors = _find_state_dict(safe_load(path))
+    if tensors is None:
+        raise ValueError(f"{path}: no model weights found in this file")
+    return tensors
 
 
 def safe_load(path: Path) -> Any:

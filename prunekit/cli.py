@@ -30,7 +30,7 @@ EXAMPLES = {
     "  prunekit oneshot models/ --gguf-file model.gguf --text wiki.txt.bz2 --config configs/llm_sparse_gpt_2of4.yaml",
     "schema": "prunekit schema > prunekit.schema.json",
     "demo": "prunekit demo\n  prunekit demo --quick --out /tmp/demo\n  prunekit demo llm",
-    "report": "prunekit report checkpoints/last.pt\n  prunekit report out/checkpoint-500/model.safetensors",
+    "report": "prunekit report checkpoints/last.pt\n  prunekit report out/checkpoint-500",
 }
 
 
@@ -152,7 +152,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(_table(headers, table))
     total = sum(r.numel for r in rows)
     zeros = sum(round(r.sparsity * r.numel) for r in rows)
-    print(f"\n{len(rows)} layers, {total:,} weights, {zeros / total:.2%} zero overall")
+    print()
+    if pruning is not None:
+        pruned = [r for r in rows if r.name in targets]
+        if pruned:
+            p_total = sum(r.numel for r in pruned)
+            p_zeros = sum(round(r.sparsity * r.numel) for r in pruned)
+            print(f"pruned layers: {len(pruned)}, {p_total:,} weights, {p_zeros / p_total:.2%} zero")
+    print(f"all weight matrices (embeddings and heads included): {len(rows)}, {total:,} weights, {zeros / total:.2%} zero")
     if pruning is not None:
         print(f"prunekit pruning state: global_step {pruning['global_step']}, {len(pruning.get('history', []))} event(s)")
     return 0
@@ -256,17 +263,40 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _build_model(spec: str) -> Any:
+    """``--model``: a Hugging Face model folder (the class its config names, e.g.
+    ``BertForSequenceClassification``; ``AutoModel`` when it names none) or ``MODULE:FACTORY``, the
+    module found on ``sys.path`` or in the current directory."""
     import importlib
 
+    if Path(spec).is_dir():
+        return _hf_model(Path(spec))
     module_name, _, factory = spec.partition(":")
     if not module_name or not factory:
-        raise ValueError(f"--model {spec!r}: write MODULE:FACTORY, e.g. my_models:build_model")
+        raise ValueError(f"--model {spec!r}: write MODULE:FACTORY (e.g. my_models:build_model) or the path of a Hugging Face model folder")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # `prunekit` is a console script: the current directory is not on sys.path
     module = importlib.import_module(module_name)
     try:
         build: Callable[[], Any] = getattr(module, factory)
     except AttributeError:
         raise ValueError(f"--model {spec!r}: module {module_name} has no {factory!r}") from None
     return build()
+
+
+def _hf_model(folder: Path) -> Any:
+    import json
+    import os
+
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"--model {folder}: a folder without config.json is not a Hugging Face model folder")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError(f"--model {folder}: loading a Hugging Face model needs transformers: pip install 'prunekit[transformers]'") from None
+    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    cls = getattr(transformers, architectures[0], None) if architectures else None
+    return (cls or transformers.AutoModel).from_pretrained(str(folder))
 
 
 # ------------------------------------------------------------------------------------- parser
@@ -296,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("validate", cmd_validate, "Validate a config; with --model, show which layers each group prunes.")
     p.add_argument("config", help="YAML file")
-    p.add_argument("--model", metavar="MODULE:FACTORY", help="a function that builds the model")
+    p.add_argument("--model", metavar="MODEL", help="MODULE:FACTORY (a function that builds the model, found in the current "
+                   "directory too) or a Hugging Face model folder")
     p = add("plan", cmd_plan, "Print each group's schedule: event steps and target sparsity.")
     p.add_argument("config", help="YAML file")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the sparsity curves (needs matplotlib)")
@@ -309,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(p)
     add_llm_arguments(p)
     p = add("report", cmd_report, "Per-layer shape, element-wise sparsity and the patterns the zeros satisfy.")
-    p.add_argument("checkpoint", help="a state_dict, a training checkpoint (.pt/.ckpt) or a model.safetensors")
+    p.add_argument("checkpoint", help="a state_dict, a training checkpoint (.pt/.ckpt), a model.safetensors, or a Hugging Face "
+                   "model / Trainer checkpoint-N folder (its prunekit_pruning.pt fills the pruner column)")
     add("schedulers", cmd_schedulers, "List registered schedulers (weight and data), plugins included.")
     add("pruners", cmd_pruners, "List registered pruner types and regularizers, plugins included.")
     p = add("oneshot", cmd_oneshot, "Prune a Hugging Face causal LM once from calibration text (SparseGPT, Wanda, magnitude).")

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -37,6 +38,21 @@ from prunekit.integrations._common import group_sparsity_metrics, unwrap_optimiz
 from prunekit.pruner.session import Pruning
 
 __all__ = ["PruningCallback"]
+
+
+def _warn_eval_mode_submodules(pl_module: torch.nn.Module) -> None:
+    """Lightning keeps each submodule's train/eval mode; a model from ``from_pretrained()`` is in eval
+    mode, so its dropout would stay off for the whole fine-tuning (and the pruning scores with it)."""
+    frozen = [name for name, m in pl_module.named_modules()
+              if isinstance(m, (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm)) and not m.training]
+    if pl_module.training and frozen:
+        warnings.warn(
+            f"training starts with {len(frozen)} dropout / batch-norm module(s) of the LightningModule in eval mode "
+            f"(e.g. {frozen[0]}): Lightning keeps submodules' modes and from_pretrained() returns a model in eval mode; "
+            f"call .train() on it in the LightningModule's __init__ (or before trainer.fit)",
+            UserWarning,
+            stacklevel=2,
+        )
 
 
 class PruningCallback(pl.Callback):
@@ -76,6 +92,7 @@ class PruningCallback(pl.Callback):
                 f"the pruning session is at step {self.pruning.global_step} but the Trainer at step "
                 f"{trainer.global_step}; resume with the checkpoint that holds this callback's state"
             )
+        _warn_eval_mode_submodules(pl_module)
 
     def _optimizer_of(self, trainer: "pl.Trainer") -> torch.optim.Optimizer:
         assert self.pruning is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
@@ -163,6 +164,7 @@ class PrunerGroup:
 
     def __init__(self, config: PrunerConfig, layers: list[Layer]) -> None:
         self.config = config
+        self._capped_warned: set[str] = set()  # layers global scope drove to max_sparsity_per_op (warned once)
         self.name = str(config.name)
         self.layers = layers
         self.scheduler: Scheduler = get_scheduler(config.scheduler, max_sparsity_per_op=config.max_sparsity_per_op)
@@ -791,6 +793,7 @@ class PrunerGroup:
                 self._set_mask(layer, grid, budget, optimizers, sync, low=lo, high=hi, hint=threshold, hint_counts=hint_counts, apply=apply)
                 grids[i] = None  # type: ignore[call-overload]  # its scores are not needed any more
             del grids
+            self._warn_capped(step, [l.name for l, b, h, p in zip(self.layers, budgets, high, prunable) if 0 < h < p and b >= h])
         self.ratio = ratio
         kept = torch.stack([torch.count_nonzero(m) for m in self.mask8.values()]).tolist()
         counts_pruned = {name: m.numel() - int(k) for (name, m), k in zip(self.mask8.items(), kept)}
@@ -799,6 +802,22 @@ class PrunerGroup:
         total_numel = sum(m.numel() for m in self.mask8.values())
         self.has_pruned = self.has_pruned or pruned > 0
         return PruningRecord(step, self.name, event.index, event.total, ratio, pruned / total_numel, layer_sparsity)
+
+    def _warn_capped(self, step: int, capped: list[str]) -> None:
+        """Global scope drove layers to ``max_sparsity_per_op``: say so once for each new layer that got there."""
+        new = [name for name in capped if name not in self._capped_warned]
+        if not new:
+            return
+        self._capped_warned.update(new)
+        shown = ", ".join(new[:6]) + (f" and {len(new) - 6} more" if len(new) > 6 else "")
+        warnings.warn(
+            f"pruner {self.name!r} (global scope), step {step}: {len(new)} layer(s) reached max_sparsity_per_op "
+            f"{self.config.max_sparsity_per_op}: {shown}. Global scope meets the group's target by emptying the layers "
+            f"whose scores are lowest, which can break a model; consider scope: local, a lower max_sparsity_per_op, "
+            f"or excluding those layers (docs/criteria_patterns_scopes.md)",
+            UserWarning,
+            stacklevel=2,
+        )
 
     def _prunable(self, layer: Layer) -> int:
         """Elements pruned when every block of the layer goes (N of every M for N:M)."""

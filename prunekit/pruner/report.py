@@ -11,7 +11,9 @@ __all__ = ["LayerReport", "PruningReport"]
 @dataclass(frozen=True)
 class LayerReport:
     """One row: ``sparsity`` is the fraction of exactly-zero elements of the live weight;
-    ``target`` the ratio in force (last event), ``final_target`` the group's ``target_sparsity``."""
+    ``target`` the group's ratio in force (last event), ``final_target`` the group's ``target_sparsity``.
+    With ``scope == "global"`` the target is the group's over all its layers together, each layer's
+    share differs (its ``sparsity``)."""
 
     name: str
     pruner: str
@@ -21,6 +23,7 @@ class LayerReport:
     final_target: float
     sparsity: float
     numel: int
+    scope: str = "local"
 
 
 class PruningReport(Sequence[LayerReport]):
@@ -53,10 +56,11 @@ class PruningReport(Sequence[LayerReport]):
     def __str__(self) -> str:
         head = ("layer", "pruner", "shape", "pattern", "target", "sparsity")
         body = [
-            (r.name, r.pruner, "x".join(map(str, r.shape)), r.pattern, f"{r.target:.4f}", f"{r.sparsity:.4f}")
+            (r.name, r.pruner, "x".join(map(str, r.shape)), r.pattern,
+             f"{r.target:.4f}" + (" (group, global)" if r.scope == "global" else ""), f"{r.sparsity:.4f}")
             for r in self.rows
         ]
-        body.append(("total", "", "", "", "", f"{self.sparsity:.4f}"))
+        body.append((f"total over the {len(self.rows)} pruned layers", "", "", "", "", f"{self.sparsity:.4f}"))
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *body]]
         return "\n".join(lines)

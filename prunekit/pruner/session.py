@@ -479,6 +479,7 @@ class Pruning:
                         final_target=group.final_target,
                         sparsity=zeros / w.numel(),
                         numel=w.numel(),
+                        scope=str(group.config.scope),
                     )
                 )
         return PruningReport(rows)

@@ -134,3 +134,22 @@ def test_logged_sparsity_equals_the_saved_weights(tmp_path):
     masks = saved["callbacks"]["prunekit.PruningCallback"]["groups"]["hidden"]["masks"]
     for name, weight in weights.items():
         assert torch.equal(weight == 0, ~masks[name])
+
+
+def test_a_submodule_left_in_eval_mode_is_warned_about_at_train_start(tmp_path):
+    import warnings
+
+    class WithDropout(Classifier):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net.append(nn.Dropout(0.1))
+            self.net.eval()  # what from_pretrained() returns
+
+    with pytest.warns(UserWarning, match=r"1 dropout / batch-norm module\(s\) .* in eval mode \(e\.g\. net\.5\).*call \.train\(\)"):
+        trainer(tmp_path, [PruningCallback(CONFIG)], max_steps=1, enable_checkpointing=False).fit(WithDropout(), loader())
+    model = WithDropout()
+    model.net.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|num_workers).*")
+        trainer(tmp_path, [PruningCallback(CONFIG)], max_steps=1, enable_checkpointing=False).fit(model, loader())
