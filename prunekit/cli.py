@@ -162,6 +162,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"all weight matrices (embeddings and heads included): {len(rows)}, {total:,} weights, {zeros / total:.2%} zero")
     if pruning is not None:
         print(f"prunekit pruning state: global_step {pruning['global_step']}, {len(pruning.get('history', []))} event(s)")
+    if args.plot:
+        from prunekit.plotting import plot_layer_sparsity
+
+        written = plot_layer_sparsity(rows, args.plot, set(targets) if pruning is not None else None, title=Path(args.checkpoint).name)
+        print(f"wrote {written}")
     return 0
 
 
@@ -342,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("report", cmd_report, "Per-layer shape, element-wise sparsity and the patterns the zeros satisfy.")
     p.add_argument("checkpoint", help="a state_dict, a training checkpoint (.pt/.ckpt), a model.safetensors, or a Hugging Face "
                    "model / Trainer checkpoint-N folder (its prunekit_pruning.pt fills the pruner column)")
+    p.add_argument("--plot", metavar="FILE", help="also draw the per-layer sparsity (PNG/SVG/PDF; needs matplotlib)")
     add("schedulers", cmd_schedulers, "List registered schedulers (weight and data), plugins included.")
     add("pruners", cmd_pruners, "List registered pruner types and regularizers, plugins included.")
     p = add("oneshot", cmd_oneshot, "Prune a Hugging Face causal LM once from calibration text (SparseGPT, Wanda, magnitude).")

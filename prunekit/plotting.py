@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-__all__ = ["plot_schedules", "require_matplotlib"]
+__all__ = ["plot_schedules", "plot_layer_sparsity", "layer_sparsity_figure", "require_matplotlib"]
 
 
 def require_matplotlib() -> Any:
@@ -46,4 +46,39 @@ def plot_schedules(curves: Mapping[str, tuple[Any, float]], path: str | Path, ti
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
+
+
+def layer_sparsity_figure(rows: Sequence[Any], pruned: set[str] | None = None, title: str | None = None) -> Any:
+    """A horizontal bar per layer (``rows``: objects with ``name`` and ``sparsity``), in the order given;
+    layers in ``pruned`` (those a pruning state names) in one colour, the others in grey. The legend
+    sits above the axes, never over a bar."""
+    plt = require_matplotlib()
+    names = [r.name for r in rows]
+    fig, ax = plt.subplots(figsize=(7.0, max(2.5, 0.6 + 0.2 * len(rows))))
+    colours = ["tab:blue" if pruned is None or r.name in pruned else "tab:gray" for r in rows]
+    ax.barh(range(len(rows)), [r.sparsity for r in rows], color=colours, height=0.8)
+    ax.set_yticks(range(len(rows)), names, fontsize=7 if len(rows) < 60 else 5)
+    ax.invert_yaxis()  # first layer on top
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("sparsity (fraction of exact zeros)")
+    ax.grid(axis="x", alpha=0.3)
+    if pruned is not None:
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color="tab:blue", label="pruned by the saved session"), Patch(color="tab:gray", label="other weights")]
+        ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False, fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9, pad=22 if pruned is not None else 6)
+    fig.tight_layout()
+    return fig
+
+
+def plot_layer_sparsity(rows: Sequence[Any], path: str | Path, pruned: set[str] | None = None, title: str | None = None) -> Path:
+    """:func:`layer_sparsity_figure` written to ``path`` (PNG, SVG or PDF by its suffix)."""
+    fig = layer_sparsity_figure(rows, pruned, title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    require_matplotlib().close(fig)
     return path

@@ -136,3 +136,28 @@ def test_global_scope_warns_once_when_it_drives_layers_to_the_per_layer_cap() ->
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         session.prune_now()  # the same layer at the cap again: no second warning
+
+
+def test_report_plot_draws_every_layer_with_the_legend_clear_of_the_bars(tmp_path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    from prunekit.checkpoint_report import analyse, load_weights
+    from prunekit.plotting import layer_sparsity_figure
+
+    model, session = pruned_bert()
+    checkpoint = tmp_path / "checkpoint-10"
+    model.save_pretrained(checkpoint)
+    torch.save(session.state_dict(), checkpoint / "prunekit_pruning.pt")
+    code, out, err = report(capsys, str(checkpoint), "--plot", str(tmp_path / "plots" / "layers.png"))
+    assert code == 0, err
+    assert (tmp_path / "plots" / "layers.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "wrote" in out
+    tensors, pruning = load_weights(checkpoint)
+    rows = analyse(tensors)
+    pruned = {name for group in pruning["groups"].values() for name in group["layers"]}
+    fig = layer_sparsity_figure(rows, pruned)
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend, axes_box = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.y0 >= axes_box.y1 - 1  # above the plotting area: it cannot cover a bar
+    assert len(ax.patches) == len(rows)
+    assert sorted(p.get_width() for p in ax.patches) == pytest.approx(sorted(r.sparsity for r in rows))
