@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-__all__ = ["machine_summary", "print_machine"]
+__all__ = ["machine_summary", "print_machine", "status_kib", "reset_peak"]
 
 
 def _cpu_model() -> str:
@@ -19,6 +19,28 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in KiB; None where there is none (not Linux)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak() -> bool:
+    """Reset the process's RSS high-water mark (``VmHWM``) to its current RSS (Linux >= 4.0); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def machine_summary(device: str = "cpu") -> dict[str, str]:

@@ -31,6 +31,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import reset_peak, status_kib  # noqa: E402
 
 LEVEL, BLOCK = 0.8, (1, 4)
 
@@ -42,26 +45,16 @@ def _rss_bytes() -> int:
 
 
 def _peak_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets the resident-set high-water mark (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
+    peak = status_kib("VmHWM")
+    if peak is None:
+        raise RuntimeError("no VmHWM in /proc/self/status")
+    return peak * 1024
 
 
 def measure_peak(fn: Callable[[], Any]) -> tuple[float, int]:
     """(seconds, peak bytes above the resident set before the call) of ``fn()``."""
     base = _rss_bytes()
-    if _reset_peak():
+    if reset_peak():
         start = time.perf_counter()
         fn()
         seconds = time.perf_counter() - start

@@ -32,6 +32,9 @@ import time
 
 import torch
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _machine import print_machine, reset_peak, status_kib  # noqa: E402
+
 ROWS = [
     # (label, method, pattern, allocation, implementation)
     ("dense", None, None, "uniform", "-"),
@@ -49,23 +52,6 @@ ROWS = [
     ("wanda 2:4 (reference)", "wanda", "2:4", "uniform", "reference"),
     ("sparse_gpt 2:4", "sparse_gpt", "2:4", "uniform", "prunekit"),
 ]
-
-
-def rss_mib(field: str) -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak() -> None:
-    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
 
 
 # ------------------------------------------------------------------------------------- reference
@@ -129,7 +115,7 @@ def run_row(index: int, args: argparse.Namespace) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     calib_ids, eval_ids = split_tokens(tokenizer, pathlib.Path(args.text_cache).read_text())
-    runtime = rss_mib("VmRSS")
+    runtime = status_kib("VmRSS") / 1024
     model, _ = load_causal_lm(args.model_dir)
     reset_peak()
     seconds = 0.0
@@ -143,7 +129,7 @@ def run_row(index: int, args: argparse.Namespace) -> dict:
             group = {"type": method, "pattern": pattern, "target_sparsity": 0.5, "op_types": ["Linear"], "allocation": allocation}
             pk.oneshot(model, {"pruners": [group]}, calibration, progress=False)
         seconds = time.perf_counter() - started
-    peak = rss_mib("VmHWM")
+    peak = status_kib("VmHWM") / 1024
     ppl = perplexity(model, eval_ids, 512, args.eval_tokens)
     linears = [mod.weight for layer in model.model.layers for mod in layer.modules() if isinstance(mod, torch.nn.Linear)]
     sparsity = sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears)
@@ -198,8 +184,6 @@ def main() -> None:
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     folder, text = prepare(work)
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    from _machine import print_machine
 
     torch.set_num_threads(args.threads)
     print_machine()

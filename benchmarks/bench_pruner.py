@@ -50,7 +50,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import print_machine  # noqa: E402
+from _machine import print_machine, reset_peak, status_kib  # noqa: E402
 from prunekit.pruner import Pruning  # noqa: E402
 
 WIDTH, DEPTH, BATCH = 4096, 3, 32
@@ -71,15 +71,6 @@ def _fix_malloc() -> None:
         libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD = 64 KiB
 
 
-def _rss_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def seconds(fn: Callable[[], object], device: str) -> float:
@@ -104,14 +95,11 @@ def peak_extra_mib(fn: Callable[[], object], device: str) -> float | None:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    before = _rss_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # reset the RSS high-water mark
-    except OSError:
+    before = status_kib("VmRSS")
+    if not reset_peak():
         return None
     fn()
-    peak = _rss_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return (peak - before) / 1024 if before is not None and peak is not None else None
 
 

@@ -193,6 +193,7 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
     import torch
 
     from prunekit.config import load_config
+    from prunekit.pattern_syntax import parse_pattern
     from prunekit.post_training import oneshot
     from prunekit.post_training.lm import calibration_windows, load_causal_lm, load_text, perplexity, split_tokens
 
@@ -200,9 +201,12 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
         config = load_config(Path(args.config))
     else:
         sparsity = args.sparsity
-        if sparsity is None:  # N:M prunes N of M; unstructured defaults to half
-            n, _, m = args.pattern.partition(":")
-            sparsity = int(n) / int(m) if m and n.isdigit() and m.isdigit() and int(m) else 0.5
+        if sparsity is None:  # N:M prunes N of M; unstructured defaults to half (a bad pattern is reported by the config)
+            try:
+                spec = parse_pattern(args.pattern)
+            except ValueError:
+                spec = None
+            sparsity = spec.n / spec.m if spec is not None and spec.kind == "nm" else 0.5
         group = {"type": args.method, "pattern": args.pattern, "target_sparsity": sparsity, "op_types": ["Linear", "Conv1D"]}
         if args.owl:
             group["allocation"] = "owl"

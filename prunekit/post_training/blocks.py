@@ -116,6 +116,10 @@ class BlockInputs:
         for i, (h, kw) in enumerate(zip(self.hidden, self.kwargs)):
             yield i, h.to(self.device, non_blocking=True), kw
 
+    def replace(self, index: int, output: torch.Tensor) -> None:
+        """A block's output for batch ``index`` becomes the next block's input (kept where inputs are kept)."""
+        self.hidden[index] = output.detach().to("cpu" if self.offload else self.device)
+
     def tokens(self) -> int:
         return sum(h.shape[0] * (h.shape[1] if h.dim() > 2 else 1) for h in self.hidden)
 

@@ -84,10 +84,14 @@ def _plain_copy(model: Any) -> Any:
 
 def read_text(path: str | os.PathLike[str]) -> str:
     """A text file, plain or compressed (``.bz2``, ``.gz``), as UTF-8 (undecodable bytes replaced)."""
-    path = Path(path)
-    opener = bz2.open if path.suffix == ".bz2" else gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:  # type: ignore[operator]
+    with _opener(path)(path, "rt", encoding="utf-8", errors="replace") as fh:
         return fh.read()
+
+
+def _opener(path: str | os.PathLike[str]) -> Any:
+    """``open`` for the file's compression, by its suffix: ``.bz2``, ``.gz`` or none."""
+    suffix = Path(path).suffix
+    return bz2.open if suffix == ".bz2" else gzip.open if suffix == ".gz" else open
 
 
 def load_text(path: str | os.PathLike[str]) -> str:
@@ -103,9 +107,7 @@ def wiki_text(path: str | os.PathLike[str]) -> str:
         from gensim.corpora.wikicorpus import extract_pages, filter_wiki
     except ImportError as err:
         raise ImportError("reading a Wikipedia dump needs gensim: pip install gensim") from err
-    path = Path(path)
-    opener = bz2.open if path.suffix == ".bz2" else gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:  # type: ignore[operator]
+    with _opener(path)(path, "rb") as fh:
         texts = [filter_wiki(text) for _, text, _ in extract_pages(fh) if text]
     return "\n\n".join(t for t in texts if t.strip())
 

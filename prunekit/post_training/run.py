@@ -20,6 +20,7 @@ fine-tuning, and ``save_pretrained`` / ``state_dict`` keep them. Every token of 
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,8 +73,8 @@ class OneShotResult:
     @property
     def sparsity(self) -> float:
         """Element-wise sparsity over the pruned layers."""
-        total = sum(_numel(l.shape) for l in self.layers)
-        return sum(l.sparsity * _numel(l.shape) for l in self.layers) / total if total else 0.0
+        total = sum(math.prod(l.shape) for l in self.layers)
+        return sum(l.sparsity * math.prod(l.shape) for l in self.layers) / total if total else 0.0
 
     def pattern_lock_config(self) -> dict[str, Any]:
         """A config whose ``pattern_lock`` group keeps exactly these layers' zeros while fine-tuning."""
@@ -90,13 +91,6 @@ class OneShotResult:
 
     def __str__(self) -> str:
         return self.table()
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 class _Stats:
@@ -218,7 +212,8 @@ def _run(
                 for layer, group in layers:
                     if hasattr(bar, "set_postfix_str"):  # a tqdm bar: name the layer being pruned
                         bar.set_postfix_str(f"{layer.name} ({group.type})", refresh=True)
-                    target = block_sparsity.get(str(group.name), [group.target_sparsity] * len(blocks))[index]
+                    per_block = block_sparsity.get(str(group.name))
+                    target = per_block[index] if per_block else group.target_sparsity
                     rows.append(_prune_layer(layer, group, target, stats.get(layer.name)))
                 del stats
             if inputs is not None and index < last:
@@ -351,7 +346,7 @@ def _gather(
             fed.clear()
             out = run_block(block, hidden, kwargs)
             if propagate:
-                inputs.hidden[i] = out.detach().to("cpu" if inputs.offload else out.device)
+                inputs.replace(i, out)
     finally:
         fed.clear()
         for handle in handles:
@@ -362,8 +357,7 @@ def _gather(
 def _propagate(block: nn.Module, inputs: BlockInputs) -> None:
     """The block's outputs become the next block's inputs (in place: one set of activations in memory)."""
     for i, hidden, kwargs in inputs.items():
-        out = run_block(block, hidden, kwargs)
-        inputs.hidden[i] = out.detach().to("cpu" if inputs.offload else out.device)
+        inputs.replace(i, run_block(block, hidden, kwargs))
 
 
 def _prune_layer(layer: Layer, group: PrunerConfig, target: float, stats: _Stats | None) -> OneShotLayer:

@@ -55,7 +55,7 @@ def magnitude_keep(weight: torch.Tensor, sparsity: float, n: int, m: int, compar
 
 def wanda_keep(weight: torch.Tensor, input_sq_sum: torch.Tensor, sparsity: float, n: int, m: int, compare: str = "row") -> torch.Tensor:
     """Kept mask by ``|W_ij| · ||X_j||_2``; ``input_sq_sum[j] = sum over tokens of X_tj^2``."""
-    return select_lowest(weight.abs() * input_sq_sum.sqrt().unsqueeze(0), sparsity, n, m, compare)
+    return select_lowest(wanda_scores(weight, input_sq_sum), sparsity, n, m, compare)
 
 
 def wanda_scores(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
