@@ -46,6 +46,9 @@ from prunekit.registry import (
 )
 from prunekit.post_training import OneShotResult, oneshot
 from prunekit.regularization import GroupLassoConfig, Regularizer, RegularizerConfig, register_regularizer
+from prunekit.layer_sensitivity import LayerSensitivity, SensitivityResult, sensitivity
+from prunekit.structure import SlimPlan, SlimReport, load_slimmed, plan_slim, slim
+from prunekit.sparse_checkpoint import SparseCheckpointError, SparseCheckpointStats, load_sparse, save_sparse
 from prunekit.schedulers.data import (
     AGPDataScheduler,
     BaseDataScheduler,
@@ -130,6 +133,18 @@ __all__ = [
     "SchedulerConfig",
     "SCHEDULERS",
     "SnipCriterion",
+    "sensitivity",
+    "slim",
+    "plan_slim",
+    "load_slimmed",
+    "SlimPlan",
+    "SlimReport",
+    "SensitivityResult",
+    "LayerSensitivity",
+    "save_sparse",
+    "load_sparse",
+    "SparseCheckpointError",
+    "SparseCheckpointStats",
     "SnipMomentumCriterion",
     "StepDataScheduler",
     "SquashedDataError",

@@ -50,7 +50,7 @@ class LayerSparsity:
 
 
 #: the weight files of a Hugging Face model folder, tried in order (an ``.index.json`` lists shards)
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json", "model.sparse.safetensors")
 #: the file the Hugging Face Trainer callback writes beside the weights of a checkpoint
 PRUNING_STATE_FILE = "prunekit_pruning.pt"
 
@@ -86,10 +86,15 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A plain safetensors file, or a compact one written by :func:`prunekit.save_sparse` (decoded)."""
     try:
         from safetensors.torch import load_file
     except ImportError:
         raise ImportError(f"{path}: reading .safetensors files needs the safetensors package: pip install safetensors") from None
+    from prunekit.sparse_checkpoint import is_sparse_checkpoint, load_sparse
+
+    if is_sparse_checkpoint(path):
+        return load_sparse(path)
     return dict(load_file(str(path)))
 
 

@@ -31,6 +31,10 @@ EXAMPLES = {
     "schema": "prunekit schema > prunekit.schema.json",
     "demo": "prunekit demo\n  prunekit demo --quick --out /tmp/demo\n  prunekit demo llm",
     "report": "prunekit report checkpoints/last.pt\n  prunekit report out/checkpoint-500",
+    "sensitivity": "prunekit sensitivity configs/recipes/bert_unstructured_90.yaml --model my_models:build --eval my_eval:accuracy "
+    "--target 0.8 --out per_layer.yaml --plot sensitivity.png",
+    "slim": "prunekit slim out/checkpoint-500 --out slim/",
+    "compress": "prunekit compress out/checkpoint-500\n  prunekit compress pruned.pt --out pruned.sparse.safetensors",
 }
 
 
@@ -98,14 +102,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     config = load_config(Path(args.config))  # a file name, never YAML text
     curves = {}
+    needed = 0
+    print("step: the optimizer step an event runs in, counted from 0 (pruning.global_step while it runs, the `step` of a\n"
+          "`for step in range(...)` loop, Lightning's logged step); reached at global_step: the count of optimizer steps\n"
+          "done once it has run (the Hugging Face Trainer's logged step and checkpoint-N, Lightning's trainer.global_step)\n")
     for group in config.pruners:
         sched = get_scheduler(group.scheduler, max_sparsity_per_op=group.max_sparsity_per_op)
         events = sched.events()
-        rows = [[e.step, f"{e.index}/{e.total}", f"{sched.ratio_at_event(e, group.target_sparsity):.4f}"] for e in events]
+        rows = [[e.step, e.step + 1, f"{e.index}/{e.total}", f"{sched.ratio_at_event(e, group.target_sparsity):.4f}"] for e in events]
         print(f"group {group.name}: {sched!r}, target {group.target_sparsity}, {len(events)} event(s)")
-        print(_table(["step", "prune step", "target sparsity"], rows))
+        print(_table(["step", "reached at global_step", "prune step", "target sparsity"], rows))
         print()
         curves[group.name] = (sched, group.target_sparsity)
+        needed = max(needed, sched.last_event_step + 1)
+    print(f"every target is reached after {needed} optimizer steps: train at least {needed} (Trainer / Lightning max_steps >= {needed})")
     if args.plot:
         from prunekit.plotting import plot_schedules
 
@@ -167,6 +177,89 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         written = plot_layer_sparsity(rows, args.plot, set(targets) if pruning is not None else None, title=Path(args.checkpoint).name)
         print(f"wrote {written}")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from prunekit.checkpoint_report import load_weights
+    from prunekit.sparse_checkpoint import SPARSE_FILE, save_sparse
+
+    tensors, _ = load_weights(args.checkpoint)
+    out = Path(args.out) if args.out else (Path(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint).parent) / SPARSE_FILE
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} exists; pass --force to replace it or --out for another name")
+    stats = save_sparse(tensors, out)
+    print(stats)
+    print(f"load it with prunekit.load_sparse({str(out)!r}, into=model)")
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from prunekit.config import load_config
+    from prunekit.layer_sensitivity import sensitivity
+
+    config = load_config(Path(args.config))
+    if (args.eval is None) == (args.text is None):
+        raise ValueError("give the metric as --eval MODULE:FUNCTION (a function of the model returning one number) or as --text FILE (perplexity of a causal LM)")
+    if args.target is not None and not args.out:
+        raise ValueError("--target writes a config with per-layer targets: give --out FILE.yaml too")
+    if args.out and Path(args.out).exists() and not args.force:
+        raise FileExistsError(f"--out {args.out} exists; pass --force to replace it")
+    if args.text is not None:
+        from prunekit.post_training.lm import load_causal_lm, load_text, perplexity, split_tokens
+
+        if not Path(args.text).is_file():
+            raise FileNotFoundError(f"--text {args.text}: no such file")
+        model, tokenizer = load_causal_lm(args.model, args.gguf_file)
+        _, eval_ids = split_tokens(tokenizer, load_text(args.text))
+        higher_is_better = False
+        print(f"metric: perplexity on {min(args.eval_tokens, eval_ids.numel()) // args.seqlen * args.seqlen:,} held-out tokens of {args.text}")
+
+        def evaluate(m: Any) -> float:
+            return perplexity(m, eval_ids, args.seqlen, args.eval_tokens)
+    else:
+        model = _build_model(args.model)
+        evaluate = _import_attribute(args.eval, "--eval", "my_eval:accuracy")
+        higher_is_better = not args.lower_is_better
+    progress = None if args.quiet else (lambda line: print(f"  {line}", file=sys.stderr, flush=True))
+    result = sensitivity(model, config, evaluate, ratios=args.ratios, higher_is_better=higher_is_better, progress=progress)
+    print(result.table())
+    if args.plot:
+        print(f"wrote {result.plot(args.plot)}")
+    if args.target is not None:
+        written = result.write_config(args.out, args.target)
+        allocation = result.allocate(args.target)
+        print(f"wrote {written}: per-layer targets from {min(allocation.values()):.3f} to {max(allocation.values()):.3f}, overall {args.target}")
+    return 0
+
+
+def cmd_slim(args: argparse.Namespace) -> int:
+    import shutil
+
+    from prunekit.config import load_config
+    from prunekit.structure.slim import plan_slim
+
+    source = Path(args.checkpoint)
+    if not source.is_dir() or not (source / "config.json").is_file():
+        raise ValueError(
+            f"{source}: prunekit slim reads a Hugging Face model folder (or a Trainer checkpoint-N folder); for other models "
+            f"call prunekit.slim(model) in Python"
+        )
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--out {out} exists and is not an empty folder; name a new folder (nothing is overwritten)")
+    config = load_config(Path(args.config)) if args.config else None
+    model = _hf_model(source).eval()
+    plan = plan_slim(model, config)
+    print(plan.table())
+    if all(row.kept == row.units for row in plan.rows):
+        print("nothing to remove: no head or channel of this model has all of its output-side weights at zero")
+    plan.apply()
+    model.save_pretrained(out)
+    for item in source.iterdir():  # the tokenizer and other files the model folder carries
+        if item.is_file() and item.name.startswith(("tokenizer", "vocab", "merges", "special_tokens", "spiece", "preprocessor")):
+            shutil.copy2(item, out / item.name)
+    print(f"wrote {out}: load it with prunekit.load_slimmed(Model.from_config(AutoConfig.from_pretrained({str(out)!r})), {str(out)!r})")
     return 0
 
 
@@ -275,21 +368,27 @@ def _build_model(spec: str) -> Any:
     """``--model``: a Hugging Face model folder (the class its config names, e.g.
     ``BertForSequenceClassification``; ``AutoModel`` when it names none) or ``MODULE:FACTORY``, the
     module found on ``sys.path`` or in the current directory."""
-    import importlib
-
     if Path(spec).is_dir():
         return _hf_model(Path(spec))
-    module_name, _, factory = spec.partition(":")
-    if not module_name or not factory:
-        raise ValueError(f"--model {spec!r}: write MODULE:FACTORY (e.g. my_models:build_model) or the path of a Hugging Face model folder")
+    build: Callable[[], Any] = _import_attribute(spec, "--model", "my_models:build_model", "or the path of a Hugging Face model folder")
+    return build()
+
+
+def _import_attribute(spec: str, option: str, example: str, alternative: str = "") -> Any:
+    """``MODULE:NAME`` imported from ``sys.path`` or the current directory (a console script does not
+    have the current directory on ``sys.path``)."""
+    import importlib
+
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ValueError(f"{option} {spec!r}: write MODULE:NAME (e.g. {example}){' ' + alternative if alternative else ''}")
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # `prunekit` is a console script: the current directory is not on sys.path
+        sys.path.insert(0, str(Path.cwd()))
     module = importlib.import_module(module_name)
     try:
-        build: Callable[[], Any] = getattr(module, factory)
+        return getattr(module, name)
     except AttributeError:
-        raise ValueError(f"--model {spec!r}: module {module_name} has no {factory!r}") from None
-    return build()
+        raise ValueError(f"{option} {spec!r}: module {module_name} has no {name!r}") from None
 
 
 def _hf_model(folder: Path) -> Any:
@@ -352,6 +451,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a state_dict, a training checkpoint (.pt/.ckpt), a model.safetensors, or a Hugging Face "
                    "model / Trainer checkpoint-N folder (its prunekit_pruning.pt fills the pruner column)")
     p.add_argument("--plot", metavar="FILE", help="also draw the per-layer sparsity (PNG/SVG/PDF; needs matplotlib)")
+    p = add("compress", cmd_compress, "Store a pruned checkpoint's zeros as a bitmask (compact safetensors); print the bytes saved.")
+    p.add_argument("checkpoint", help="any checkpoint prunekit report reads (file or Hugging Face / checkpoint-N folder)")
+    p.add_argument("--out", help="the .safetensors file to write (default: model.sparse.safetensors beside the checkpoint)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p = add("slim", cmd_slim, "Remove pruned attention heads and FFN/conv channels from a Hugging Face model folder; a smaller model.")
+    p.add_argument("checkpoint", help="a Hugging Face model folder or Trainer checkpoint-N folder")
+    p.add_argument("--out", required=True, help="the folder to write the slimmed model to (new or empty)")
+    p.add_argument("--config", help="the pruning YAML, for structures its units: entries declare")
+    p = add("sensitivity", cmd_sensitivity, "Prune one layer at a time at a few ratios, measure, and write per-layer targets.")
+    p.add_argument("config", help="YAML whose groups select the layers to scan (their pattern and criterion are used)")
+    p.add_argument("--model", required=True, help="MODULE:FACTORY or a Hugging Face model folder (with --text: a causal LM folder or .gguf)")
+    p.add_argument("--eval", help="MODULE:FUNCTION: evaluate(model) -> float (higher is better unless --lower-is-better)")
+    p.add_argument("--text", help="a text file: the metric is the perplexity of its second half (causal LMs)")
+    p.add_argument("--gguf-file", help="a GGUF file inside the model folder (with --text)")
+    p.add_argument("--seqlen", type=int, default=256, help="perplexity window (with --text)")
+    p.add_argument("--eval-tokens", type=int, default=4096, help="held-out tokens for perplexity (with --text)")
+    p.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75, 0.9], help="sparsity of the one pruned layer")
+    p.add_argument("--lower-is-better", action="store_true", help="the --eval metric is a loss or perplexity")
+    p.add_argument("--target", type=float, help="overall sparsity for the per-layer config written to --out")
+    p.add_argument("--out", help="the YAML file to write (with --target)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--plot", metavar="FILE", help="draw the metric against the ratio per layer (needs matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     add("schedulers", cmd_schedulers, "List registered schedulers (weight and data), plugins included.")
     add("pruners", cmd_pruners, "List registered pruner types and regularizers, plugins included.")
     p = add("oneshot", cmd_oneshot, "Prune a Hugging Face causal LM once from calibration text (SparseGPT, Wanda, magnitude).")

@@ -143,6 +143,24 @@ def _criterion_names() -> list[str]:
     return CRITERIA.names()
 
 
+class DeclaredUnits(StrictNumbersModel):
+    """A coupled group declared by name (``units:`` of a head/channel group): unit ``u`` is indices
+    ``u·size .. (u+1)·size`` of the outputs of ``outputs``, the entries of ``norms`` and the inputs of ``inputs``."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, description="Name of the group in reports (default: declared<i>).")
+    kind: Literal["head", "channel"] = Field("channel", description="What a unit is called (the group's pattern).")
+    outputs: list[str] = Field(..., min_length=1, description="Regexes of the layers whose outputs (rows) the units are.")
+    inputs: list[str] = Field(..., min_length=1, description="Regexes of the layers that read the units (their input columns).")
+    norms: list[str] = Field(default_factory=list, description="Regexes of per-channel norms (BatchNorm) between them.")
+    size: int = Field(1, ge=1, description="Indices per unit (a head's dimension; 1 for channels).")
+
+    @field_validator("outputs", "inputs", "norms")
+    @classmethod
+    def _regexes(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        return check_regexes(value, str(info.field_name))
+
+
 class PrunerConfig(StrictNumbersModel):
     """One pruner group: which layers, which pattern and criterion, how sparse, and when.
 
@@ -169,7 +187,11 @@ class PrunerConfig(StrictNumbersModel):
         default_factory=lambda: ["Linear", "Conv"],
         description="Module class names; an entry matches a class whose name starts with it ('Conv' matches Conv2d).",
     )
-    pattern: str = Field("1x1", description="NxM blocks (1x1, 4x1), N:M (2:4), channelxM (channelx1) or Nxchannel (1xchannel).")
+    pattern: str = Field(
+        "1x1",
+        description="NxM blocks (1x1, 4x1), N:M (2:4), channelxM (channelx1), Nxchannel (1xchannel), "
+        "or head / channel (coupled attention heads / FFN and conv channels across layers, see docs/structured.md).",
+    )
     criterion: str = Field("magnitude", description="magnitude, gradient, snip or snip_momentum.")
     reduce: Literal["mean", "sum", "max"] = Field("mean", description="How scores are reduced over a block.")
     scope: Literal["local", "global"] = Field(
@@ -197,6 +219,31 @@ class PrunerConfig(StrictNumbersModel):
     unmatched_selectors: Literal["error", "warn"] = Field(
         "error", description="An op_names/excluded_op_names entry that matches nothing: an error, or a warning (INC-form configs)."
     )
+    units: list[DeclaredUnits] = Field(
+        default_factory=list,
+        description="pattern head/channel: coupled groups declared by name, for structures prunekit does not discover.",
+    )
+
+    @model_validator(mode="after")
+    def _unit_pattern_fits(self) -> "PrunerConfig":
+        spec = parse_pattern(self.pattern)
+        if spec.kind != "unit":
+            if self.units:
+                raise rule_error("units: declares coupled groups, which only pattern head or channel prunes", "set pattern: channel (or head), or remove units")
+            return self
+        if self.type != "basic":
+            raise rule_error(
+                f"pattern {self.pattern} (coupled {self.pattern}s across layers) is pruned by type basic, not {self.type}",
+                "set type: basic (the default) for this group",
+            )
+        if self.lock_init_sparsity:
+            raise rule_error(f"lock_init_sparsity is not supported with pattern {self.pattern}", "remove lock_init_sparsity from this group")
+        if self.regularizer is not None:
+            raise rule_error(f"a regularizer is not supported with pattern {self.pattern}", "remove the regularizer from this group")
+        wrong = [i for i, u in enumerate(self.units) if u.kind != self.pattern]
+        if wrong:
+            raise rule_error(f"units[{wrong[0]}] is of kind {self.units[wrong[0]].kind}, the group prunes {self.pattern}s", f"set kind: {self.pattern}")
+        return self
 
     @model_validator(mode="after")
     def _unused_keys_unset(self) -> "PrunerConfig":

@@ -15,7 +15,12 @@ from typing import Literal
 
 __all__ = ["PatternSpec", "parse_pattern", "PATTERN_SYNTAX_HELP"]
 
-PATTERN_SYNTAX_HELP = "write 'NxM' (e.g. 1x1, 4x1), 'N:M' (e.g. 2:4, 1:4), 'channelxM' (channelx1) or 'Nxchannel' (1xchannel)"
+PATTERN_SYNTAX_HELP = (
+    "write 'NxM' (e.g. 1x1, 4x1), 'N:M' (e.g. 2:4, 1:4), 'channelxM' (channelx1), 'Nxchannel' (1xchannel), "
+    "or 'head' / 'channel' (coupled attention heads / FFN and conv channels)"
+)
+#: patterns of coupled structures (kind ``unit``)
+UNIT_PATTERNS = ("head", "channel")
 
 _BLOCK = re.compile(r"^(\d+)x(\d+)$")
 _CHANNEL_COLS = re.compile(r"^channelx(\d+)$")
@@ -30,12 +35,13 @@ class PatternSpec:
     """A parsed pattern.
 
     ``kind`` is ``block`` (``rows x cols`` blocks; channel patterns are blocks spanning a full
-    dimension, ``rows``/``cols`` = 0 meaning "the whole dimension"), or ``nm`` (``n`` pruned of
-    every ``m`` consecutive input weights).
+    dimension, ``rows``/``cols`` = 0 meaning "the whole dimension"), ``nm`` (``n`` pruned of
+    every ``m`` consecutive input weights), or ``unit`` (``head`` / ``channel``: coupled structures
+    across several layers, see :mod:`prunekit.structure`).
     """
 
     text: str
-    kind: Literal["block", "nm"]
+    kind: Literal["block", "nm", "unit"]
     rows: int = 1
     cols: int = 1
     n: int = 0
@@ -64,6 +70,8 @@ def parse_pattern(text: str) -> PatternSpec:
     if not isinstance(text, str):
         raise ValueError(f"a pattern is a string, got {_shown(text)}")
     norm = text.replace(" ", "").lower()
+    if norm in UNIT_PATTERNS:
+        return PatternSpec(norm, "unit")
     if (match := _CHANNEL_COLS.match(norm)) or (match := _CHANNEL_ROWS.match(norm)):
         # channelxM: every output row of M input columns; Nxchannel: every input column of N output rows
         side = int(match[1]) if len(match[1]) <= 9 else 0

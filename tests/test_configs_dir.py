@@ -7,7 +7,7 @@ import pytest
 from prunekit.config import load_config
 from repo_paths import CONFIGS
 
-FILES = sorted(CONFIGS.glob("*.yaml"))
+FILES = sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("recipes/*.yaml"))
 
 
 def test_the_examples_the_issue_asks_for_exist():

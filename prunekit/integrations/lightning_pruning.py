@@ -2,8 +2,10 @@
 :mod:`prunekit.integrations.lightning`; needs the ``lightning`` extra).
 
 * ``on_fit_start`` builds a :class:`~prunekit.Pruning` session on the LightningModule (layer names
-  are the module's own, e.g. ``net.0``; ``op_names`` are searched with ``re.search``) and tells it
-  the optimizer that trains the pruned weights (``attach(optimizer, hooks=False)``).
+  are the module's own, e.g. ``net.0``; ``op_names`` are searched with ``re.search``), or on its
+  submodule ``root`` (``PruningCallback(config, root="model")``: names relative to
+  ``self.model``, as the Hugging Face Trainer sees them, so one YAML serves both), and tells it the
+  optimizer that trains the pruned weights (``attach(optimizer, hooks=False)``).
 * Lightning runs ``training_step`` and ``backward`` *inside* ``optimizer.step(closure)``, so an
   optimizer pre-step hook would fire before the gradients exist. The callback therefore runs the
   session's pre-step work in Lightning's ``on_before_optimizer_step`` (after backward, before the
@@ -34,7 +36,7 @@ except ImportError:  # pragma: no cover - depends on what is installed
 
 from prunekit.config import PruningConfig, load_config
 from prunekit.errors import PruningError
-from prunekit.integrations._common import group_sparsity_metrics, unwrap_optimizer
+from prunekit.integrations._common import group_sparsity_metrics, unwrap_optimizer, warn_if_too_short
 from prunekit.pruner.session import Pruning
 
 __all__ = ["PruningCallback"]
@@ -55,15 +57,30 @@ def _warn_eval_mode_submodules(pl_module: torch.nn.Module) -> None:
         )
 
 
+def _planned_steps(trainer: "pl.Trainer") -> float | None:
+    """The optimizer steps the fit will take: max_steps, or Lightning's estimate from the epochs."""
+    if trainer.max_steps is not None and trainer.max_steps > 0:
+        return trainer.max_steps
+    try:
+        return float(trainer.estimated_stepping_batches)
+    except Exception:  # an iterable dataset without a length: unknown
+        return None
+
+
 class PruningCallback(pl.Callback):
     """Prune the LightningModule as ``config`` (a path, YAML text, a dict or a config) says.
 
-    ``log``: log per-group sparsity through the module's logger. ``options`` go to
-    :class:`~prunekit.Pruning` (``reapply``, ``sync_masks``).
+    ``root``: the attribute path of the submodule whose layer names the config uses (``"model"``
+    for a LightningModule holding a Hugging Face model as ``self.model``); default: the
+    LightningModule itself. ``log``: log per-group sparsity through the module's logger.
+    ``options`` go to :class:`~prunekit.Pruning` (``reapply``, ``sync_masks``).
     """
 
-    def __init__(self, config: Any, *, log: bool = True, **options: Any) -> None:
+    def __init__(self, config: Any, *, root: str | None = None, log: bool = True, **options: Any) -> None:
         self.config: PruningConfig = load_config(config)
+        if root is not None and (not isinstance(root, str) or not root or root.startswith(".") or root.endswith(".")):
+            raise ValueError(f"root must be a submodule's attribute path such as 'model' or 'model.backbone', got {root!r}")
+        self.root = root
         self.log = log
         self.options = options
         self.pruning: Pruning | None = None
@@ -78,7 +95,7 @@ class PruningCallback(pl.Callback):
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         if self.pruning is not None:  # a previous fit of this callback that did not end: free its layers
             self.pruning.close()
-        self.pruning = Pruning(pl_module, self.config, **self.options)
+        self.pruning = Pruning(self._root_of(pl_module), self.config, **self.options)
         self.pruning.attach(self._optimizer_of(trainer), hooks=False)
         if self._pending_state is not None:
             self.pruning.load_state_dict(self._pending_state)
@@ -93,6 +110,20 @@ class PruningCallback(pl.Callback):
                 f"{trainer.global_step}; resume with the checkpoint that holds this callback's state"
             )
         _warn_eval_mode_submodules(pl_module)
+        if self.pruning is not None:
+            warn_if_too_short(self.pruning, _planned_steps(trainer), "this fit")
+
+    def _root_of(self, pl_module: "pl.LightningModule") -> torch.nn.Module:
+        if self.root is None:
+            return pl_module
+        try:
+            return pl_module.get_submodule(self.root)
+        except AttributeError:
+            children = ", ".join(name for name, _ in pl_module.named_children()) or "none"
+            raise PruningError(
+                f"PruningCallback(root={self.root!r}): {type(pl_module).__name__} has no submodule {self.root!r} "
+                f"(its children: {children}); pass the attribute that holds the model"
+            ) from None
 
     def _optimizer_of(self, trainer: "pl.Trainer") -> torch.optim.Optimizer:
         assert self.pruning is not None

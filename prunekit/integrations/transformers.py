@@ -28,6 +28,7 @@ Resuming from a folder elsewhere: pass the same path as ``resume_from``.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,16 @@ except ImportError as err:  # pragma: no cover - depends on what is installed
 
 from prunekit.config import PruningConfig, load_config
 from prunekit.errors import PruningError
-from prunekit.integrations._common import group_sparsity_metrics, unwrap_optimizer
+from prunekit.integrations._common import group_sparsity_metrics, unwrap_optimizer, warn_if_too_short
+from prunekit.pruner.selection import unwrap_model
 from prunekit.pruner.session import Pruning
+from prunekit.sparse_checkpoint import SPARSE_FILE, SparseCheckpointStats, save_sparse
 
 __all__ = ["PruningTrainerCallback", "STATE_FILE", "unwrap_optimizer"]
 
 #: file name of the pruning state inside a Trainer checkpoint folder
 STATE_FILE = "prunekit_pruning.pt"
+logger = logging.getLogger(__name__)
 _HAS_OPTIMIZER_EVENTS = hasattr(TrainerCallback, "on_pre_optimizer_step") and hasattr(TrainerCallback, "on_optimizer_step")
 
 
@@ -56,12 +60,18 @@ class PruningTrainerCallback(TrainerCallback):
 
     ``resume_from``: the checkpoint folder to take the pruning state from when resuming from a
     folder outside ``output_dir``. ``log``: add per-group sparsity to the Trainer's logs.
+    ``save_sparse``: also write each checkpoint's weights in compact form (zeros as a bitmask,
+    :func:`prunekit.save_sparse`) as ``checkpoint-N/model.sparse.safetensors``; what each saved is
+    in :attr:`sparse_saves`.
     """
 
-    def __init__(self, config: Any, *, resume_from: str | os.PathLike[str] | None = None, log: bool = True, **options: Any) -> None:
+    def __init__(self, config: Any, *, resume_from: str | os.PathLike[str] | None = None, log: bool = True,
+                 save_sparse: bool = False, **options: Any) -> None:
         self.config: PruningConfig = load_config(config)
         self.resume_from = resume_from
         self.log = log
+        self.save_sparse = save_sparse
+        self.sparse_saves: list[SparseCheckpointStats] = []
         self.options = options
         self.pruning: Pruning | None = None
 
@@ -75,6 +85,7 @@ class PruningTrainerCallback(TrainerCallback):
         self.pruning.attach(unwrap_optimizer(optimizer), hooks=not _HAS_OPTIMIZER_EVENTS)
         if state.global_step > 0:
             self._restore(args, state.global_step)
+        warn_if_too_short(self.pruning, getattr(state, "max_steps", None), "the Trainer's max_steps")
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.pruning is not None and not self.pruning.attached:
@@ -99,6 +110,10 @@ class PruningTrainerCallback(TrainerCallback):
                 f"not be stored next to it (custom checkpoint folders are not supported)"
             )
         torch.save(self.pruning.state_dict(), folder / STATE_FILE)
+        if self.save_sparse:
+            stats = save_sparse(unwrap_model(self.pruning.model), folder / SPARSE_FILE)
+            logger.info("%s", stats)
+            self.sparse_saves.append(stats)
 
     def _restore(self, args: Any, global_step: int) -> None:
         assert self.pruning is not None

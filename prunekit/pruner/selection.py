@@ -239,9 +239,10 @@ def _check_every_selector_matches(group: str, config: PrunerConfig, all_names: l
             hint = f"close names: {', '.join(close)}" if close else f"{kind}s: {', '.join(candidates[:10])}"
             problems.append(f"{key}[{i}] {pattern!r} matches no {kind} ({hint})")
     if problems:
+        patterns = [*config.op_names, *config.excluded_op_names]
         message = (
             f"pruner {group!r}: " + "; ".join(problems) + ". Fix or remove these entries "
-            "(names are those of the unwrapped model, without 'module.')"
+            "(names are those of the unwrapped model, without 'module.')" + _prefix_hint(patterns, all_names)
         )
         if getattr(config, "unmatched_selectors", "error") == "warn":  # INC-form configs: INC only logged it
             warnings.warn(message, UserWarning, stacklevel=4)
@@ -270,4 +271,23 @@ def _nothing_selected(group: str, config: PrunerConfig, all_names: list[str], ty
         )
     else:
         msg += f"; the model has no module of op_types {config.op_types!r}"
-    return msg + ". Fix op_names / op_types (names are those of the unwrapped model, without 'module.')"
+    return msg + ". Fix op_names / op_types (names are those of the unwrapped model, without 'module.')" + _prefix_hint(config.op_names, all_names)
+
+
+def _prefix_hint(patterns: list[str], names: list[str]) -> str:
+    """When patterns that match nothing would match the names without their first component (a
+    LightningModule's ``model.``), say how to select relative to that submodule."""
+    prefixes: set[str] = set()
+    for pattern in patterns:
+        compiled = re.compile(pattern)
+        if any(compiled.search(n) for n in names):
+            continue
+        prefixes |= {n.split(".", 1)[0] for n in names if "." in n and compiled.search(n.split(".", 1)[1])}
+    if len(prefixes) != 1:
+        return ""
+    prefix = prefixes.pop()
+    return (
+        f". These patterns match the names below {prefix!r} (e.g. a LightningModule's self.{prefix}): pass "
+        f"PruningCallback(config, root={prefix!r}) to select inside it, as the Hugging Face Trainer sees the model, "
+        f"or write the names with the '{prefix}.' prefix"
+    )

@@ -98,7 +98,14 @@ class Pruning:
         self.groups: list[PrunerGroup] = []
         owner: dict[int, tuple[str, str]] = {}
         for group_cfg in self.config.pruners:
-            layers = select_layers(module, group_cfg)
+            structured = None
+            if group_cfg.pattern_spec.kind == "unit":  # coupled heads / channels across layers
+                from prunekit.structure.pruner import StructuredPruner, select_units
+
+                structured = StructuredPruner(group_cfg, module, select_units(module, group_cfg))
+                layers = structured.layers
+            else:
+                layers = select_layers(module, group_cfg)
             if not layers:  # an INC-form group that selects nothing (warned): INC ran it as a no-op
                 continue
             for layer in layers:
@@ -109,7 +116,7 @@ class Pruning:
                         f"{group_cfg.name!r}; a weight may belong to one group only: add it to excluded_op_names of one"
                     )
                 owner[id(layer.weight)] = (str(group_cfg.name), layer.name)
-            self.groups.append(PRUNERS.get(group_cfg.type)(group_cfg, layers))
+            self.groups.append(structured if structured is not None else PRUNERS.get(group_cfg.type)(group_cfg, layers))
         self._closed = False
         self._finalized = False
         self._claim_layers()
@@ -176,6 +183,12 @@ class Pruning:
     def global_step(self) -> int:
         """Optimizer steps taken (starts at 0)."""
         return self._step
+
+    @property
+    def steps_to_complete(self) -> int:
+        """Optimizer steps after which every group's last event has run: ``max(last event step) + 1``
+        (event steps count from 0, so a schedule ending at step 150 needs 151 steps)."""
+        return max((group.scheduler.last_event_step + 1 for group in self.groups), default=0)
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -459,6 +472,21 @@ class Pruning:
                 stacklevel=3,
             )
 
+    def _warn_if_schedule_unfinished(self) -> None:
+        if self._optimizer_steps_seen == 0 and not self.history:
+            return  # warned by _warn_if_never_stepped
+        unfinished = [g for g in self.groups if g.scheduler.last_event_step >= self._step]
+        if unfinished:
+            details = ", ".join(f"{g.name} (last event at step {g.scheduler.last_event_step}, at {g.ratio:.4f} of target "
+                                f"{g.final_target})" for g in unfinished)
+            warnings.warn(
+                f"finalize() after {self._step} optimizer steps, before the schedule ended: {details}. Event steps count "
+                f"from 0, so a schedule ending at step N needs N + 1 steps (Trainer / Lightning max_steps >= "
+                f"{self.steps_to_complete}); train longer or move end_step earlier",
+                UserWarning,
+                stacklevel=3,
+            )
+
     # ------------------------------------------------------------------ results
     @torch.no_grad()
     def report(self) -> PruningReport:
@@ -494,6 +522,7 @@ class Pruning:
             raise PruningError("finalize() between on_before_optimizer_step() and on_after_optimizer_step()")
         self._check_layers()
         self._warn_if_never_stepped()
+        self._warn_if_schedule_unfinished()
         for group in self.groups:
             group.reapply()
         self._end()

@@ -9,6 +9,7 @@ from torch import nn
 pl = pytest.importorskip("lightning.pytorch")
 
 from prunekit.integrations.lightning import PruningCallback  # noqa: E402
+import prunekit as pk  # noqa: E402
 
 CONFIG = {
     "pruners": [
@@ -152,4 +153,67 @@ def test_a_submodule_left_in_eval_mode_is_warned_about_at_train_start(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|num_workers).*")
+        warnings.filterwarnings("ignore", message=".*(pruning schedule needs|before the schedule ended).*")  # 1 step on purpose
         trainer(tmp_path, [PruningCallback(CONFIG)], max_steps=1, enable_checkpointing=False).fit(model, loader())
+
+
+HF_YAML = r"""
+pruners:
+  - name: ffn
+    op_names: ['^bert\.encoder\.layer\.\d+\.(intermediate|output)\.dense$']
+    excluded_op_names: ['^classifier$']
+    target_sparsity: 0.5
+    scheduler: {type: iterative, start_step: 0, end_step: 4, frequency: 2}
+"""
+
+
+class WrapsAHuggingFaceModel(pl.LightningModule):
+    """What Lightning users write: the Hugging Face model as self.model, so its names gain 'model.'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        transformers = pytest.importorskip("transformers")
+        torch.manual_seed(0)
+        config = transformers.BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, max_position_embeddings=16, num_labels=2)
+        self.model = transformers.BertForSequenceClassification(config)
+
+    def training_step(self, batch, batch_idx):
+        ids, labels = batch
+        return self.model(input_ids=ids, labels=labels).loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+
+def token_loader() -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 50, (32, 12), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(ids, ids[:, 0] % 2), batch_size=8)
+
+
+def test_root_selects_the_same_layers_as_the_trainer_sees(tmp_path):
+    module = WrapsAHuggingFaceModel()
+    trainer_view = pk.Pruning(module.model, HF_YAML)  # what the Hugging Face Trainer callback builds
+    expected = [layer.name for group in trainer_view.groups for layer in group.layers]
+    trainer_view.close()
+    assert expected == [f"bert.encoder.layer.{i}.{part}.dense" for i in range(2) for part in ("intermediate", "output")]
+
+    callback = PruningCallback(HF_YAML, root="model")
+    trainer(tmp_path, [callback], max_steps=6, enable_checkpointing=False).fit(module, token_loader())
+    assert [layer.name for group in callback.pruning.groups for layer in group.layers] == expected
+    assert [r.step for r in callback.pruning.history] == [0, 2, 4]
+    ffn = [module.model.get_submodule(name).weight for name in expected]
+    assert sum(int((w == 0).sum()) for w in ffn) / sum(w.numel() for w in ffn) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_without_root_the_error_says_how_to_select_inside_the_model(tmp_path):
+    module = WrapsAHuggingFaceModel()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(pk.PruningError, match=r"match the names below 'model'.*root='model'"):
+        trainer(tmp_path, [PruningCallback(HF_YAML)], max_steps=2, enable_checkpointing=False).fit(module, token_loader())
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    with pytest.raises(pk.PruningError, match=r"has no submodule 'net'.*children: model"):
+        trainer(tmp_path, [PruningCallback(HF_YAML, root="net")], max_steps=2, enable_checkpointing=False).fit(module, token_loader())
+    with pytest.raises(ValueError, match="attribute path"):
+        PruningCallback(HF_YAML, root=".model")

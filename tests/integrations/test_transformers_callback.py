@@ -10,6 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+from prunekit.config import load_config as pk_load  # noqa: E402
 from prunekit.integrations.transformers import STATE_FILE, PruningTrainerCallback  # noqa: E402
 
 CONFIG = {
@@ -154,3 +155,51 @@ def test_fallback_for_releases_without_optimizer_events_uses_the_step_hooks(tmp_
     assert [r.step for r in callback.pruning.history] == [2, 4, 6, 8, 10]
     weights = pruned_weights(trainer.model)
     assert sum(int((w == 0).sum()) for w in weights.values()) / sum(w.numel() for w in weights.values()) == pytest.approx(0.75, abs=1e-3)
+
+
+def test_checkpoints_can_also_be_saved_in_compact_form(tmp_path):
+    from safetensors.torch import load_file
+
+    import prunekit as pk
+    from prunekit.sparse_checkpoint import SPARSE_FILE
+
+    callback = PruningTrainerCallback(CONFIG, save_sparse=True)
+    trainer = make_trainer(tmp_path, [callback])
+    trainer.train()
+    assert [s.path for s in callback.sparse_saves] == [tmp_path / f"checkpoint-{n}" / SPARSE_FILE for n in (6, 12, 14)]
+    final = callback.sparse_saves[-1]
+    assert {f"transformer.h.{i}.mlp.{n}.weight" for i in range(2) for n in ("c_fc", "c_proj")} <= set(final.compacted)
+    assert final.aliases == ["lm_head.weight"]  # tied to the token embeddings: stored once
+    dense = load_file(str(tmp_path / "checkpoint-14" / "model.safetensors"))
+    decoded = pk.load_sparse(tmp_path / "checkpoint-14")
+    assert all(torch.equal(decoded[name], tensor) for name, tensor in dense.items())
+    fresh = tiny_gpt2()
+    pk.load_sparse(tmp_path / "checkpoint-14", into=fresh)
+    ids = TokenData().ids[:2]
+    trainer.model.eval()
+    fresh.eval()
+    assert torch.equal(fresh(ids).logits, trainer.model(ids).logits)
+
+
+def test_the_trainer_logs_each_target_at_the_global_step_the_plan_names(tmp_path):
+    from prunekit.registry import get_scheduler
+
+    callback = PruningTrainerCallback(CONFIG)
+    trainer = make_trainer(tmp_path, [callback])
+    trainer.args.logging_steps = 1
+    trainer.train()
+    group = pk_load(CONFIG).pruners[0]
+    scheduler = get_scheduler(group.scheduler)
+    plan = {event.step + 1: scheduler.ratio_at_event(event, group.target_sparsity) for event in scheduler.events()}
+    logged = {h["step"]: h["sparsity/mlp"] for h in trainer.state.log_history if "sparsity/mlp" in h and "loss" in h}
+    for reached_at, target in plan.items():  # `prunekit plan`'s "reached at global_step" column
+        assert logged[reached_at] == pytest.approx(target, abs=2e-3)
+        assert logged[reached_at - 1] < target or target == 0
+
+
+def test_a_run_too_short_for_the_schedule_is_warned_about(tmp_path):
+    callback = PruningTrainerCallback(CONFIG)  # last event at step 10: needs 11 optimizer steps
+    trainer = make_trainer(tmp_path, [callback])
+    trainer.args.max_steps = 10
+    with pytest.warns(UserWarning, match=r"max_steps is 10 optimizer steps, but the pruning schedule needs 11"):
+        trainer.train()

@@ -93,4 +93,5 @@ def test_a_resumed_session_does_not_warn_that_no_step_was_observed():
     resumed.load_state_dict(state)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message="finalize.. after 3 optimizer steps, before the schedule ended")  # true here
         resumed.finalize()

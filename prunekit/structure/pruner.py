@@ -1,0 +1,367 @@
+"""Pruning coupled units (``pattern: head`` / ``pattern: channel``) during training.
+
+A group's units are the heads or channels of the structures it selects (:func:`select_units`). Each
+unit's score is its members' element scores (any criterion: magnitude, gradient, snip,
+snip_momentum) reduced over the unit's weights (``reduce``: ``mean`` by default, so units of
+different sizes compare in global scope; ``sum``; ``max``); ``snip_momentum`` accumulates those unit
+scores step by step (``S_u <- 0.9·S_u + score_u``).
+
+At an event of ratio ``r``:
+
+* local scope: each structure prunes ``round(r · units)`` units (at most ``max_sparsity_per_op`` of
+  them, and never its last unit), lowest scores first;
+* global scope: units of every structure are taken lowest score first until the pruned weights
+  reach ``r`` of the group's weights (each structure between ``min_sparsity_per_op`` and
+  ``max_sparsity_per_op``, never its last unit).
+
+Pruned units stay pruned. A unit is pruned by zeroing its slices of every member: the weight
+matrices keep an int8 mask for the rest of training (gradients and optimizer state masked as for
+any pattern), biases and norm parameters are zeroed at the event. Sparsity is element-wise over the
+member weight matrices, like every other pattern.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from prunekit.config import PrunerConfig
+from prunekit.errors import PruningError
+from prunekit.pruner.group import PrunerGroup, PruningRecord, _short
+from prunekit.pruner.masks import apply_mask_, mask_optimizer_state_, new_mask
+from prunekit.pruner.selection import Layer, Layout, _layout_of, _type_matches
+from prunekit.registry import CRITERIA, get_scheduler
+from prunekit.schedulers.base import PruningEvent
+from prunekit.structure.discover import declared_units, discover
+from prunekit.structure.units import Member, UnitGroup
+
+__all__ = ["StructuredPruner", "select_units"]
+
+
+def select_units(model: nn.Module, config: PrunerConfig) -> list[UnitGroup]:
+    """The unit groups of ``kind = config.pattern`` that the group's selectors pick.
+
+    A structure is picked when one of its modules (an owner such as the attention or MLP module, or a
+    member layer of ``op_types``) matches ``op_names`` (every structure when ``op_names`` is empty)
+    and none matches ``excluded_op_names``. Raises :class:`PruningError` when a named layer belongs
+    to no structure of that kind (saying why, for convs), when only part of a structure's layers is
+    named, or when nothing is picked.
+    """
+    kind = config.pattern
+    group = config.name or "pruner"
+    found, reasons = discover(model, kind)
+    found += declared_units(model, config.units, f"pruner {group!r}")
+    names = [re.compile(p) for p in config.op_names]
+    excluded = [re.compile(p) for p in config.excluded_op_names]
+    modules = dict(model.named_modules())
+
+    def typed(name: str) -> bool:
+        return _type_matches(modules[name], config.op_types)
+
+    picked: list[UnitGroup] = []
+    covered: set[str] = set()
+    for unit_group in found:
+        layers = list(dict.fromkeys(m.module for m in unit_group.weight_members))
+        candidates = [*unit_group.owners, *layers]
+        if any(p.search(n) for p in excluded for n in candidates):
+            continue
+        if not any(typed(n) for n in layers) and not any(typed(n) for n in unit_group.owners):
+            continue
+        if names:
+            owner_named = any(p.search(n) for p in names for n in unit_group.owners)
+            named_layers = [n for n in layers if any(p.search(n) for p in names)]
+            if not owner_named and not named_layers:
+                continue
+            if not owner_named and len(named_layers) < len(layers):
+                missing = [n for n in layers if n not in named_layers]
+                raise PruningError(
+                    f"pruner {group!r}: pattern {kind} prunes {', '.join(layers)} together, but op_names selects only "
+                    f"{', '.join(named_layers)}; select {unit_group.owners[0]!r} (the whole structure) or add {', '.join(missing)}"
+                )
+        picked.append(unit_group)
+        covered.update(layers)
+    if names:
+        strays = [n for n, m in modules.items() if n and n not in covered and typed(n) and isinstance(getattr(m, "weight", None), nn.Parameter)
+                  and getattr(m, "weight").dim() >= 2 and any(p.search(n) for p in names) and not any(p.search(n) for p in excluded)]
+        strays = [n for n in strays if not any(n.startswith(c + ".") for c in covered)]
+        if strays:
+            why = "; ".join(f"{n}: {reasons[n]}" for n in strays if n in reasons)
+            raise PruningError(
+                f"pruner {group!r}: op_names selects {', '.join(strays[:6])}{' ...' if len(strays) > 6 else ''}, which belong to no "
+                f"{kind} structure prunekit can prune together{' (' + why + ')' if why else ''}; narrow op_names, exclude them, "
+                f"or declare their coupling under units: (see docs/structured.md)"
+            )
+    if not picked:
+        available = ", ".join(g.name or "<model>" for g in found[:8]) or "none"
+        raise PruningError(
+            f"pruner {group!r}: pattern {kind} selects no structure (op_names={config.op_names!r}, op_types={config.op_types!r}); "
+            f"{kind} structures found: {available}{' ...' if len(found) > 8 else ''}"
+            + (f"; convs that are not units: {'; '.join(f'{n}: {r}' for n, r in list(reasons.items())[:3])}" if reasons else "")
+        )
+    return picked
+
+
+class StructuredPruner(PrunerGroup):
+    """The per-group pruner of ``pattern: head`` / ``pattern: channel`` (see the module docstring)."""
+
+    def __init__(self, config: PrunerConfig, model: nn.Module, unit_groups: list[UnitGroup]) -> None:
+        self.config = config
+        self.name = str(config.name)
+        self.model = model
+        self.unit_groups = unit_groups
+        self._capped_warned: set[str] = set()
+        self.scheduler = get_scheduler(config.scheduler, max_sparsity_per_op=config.max_sparsity_per_op)
+        self.criterion = CRITERIA.get(config.criterion)()
+        self.layers: list[Layer] = []
+        self._param_of: dict[str, tuple[str, str]] = {}
+        for unit_group in unit_groups:
+            for member in unit_group.weight_members:
+                name = member.module if member.param == "weight" else f"{member.module}.{member.param}"
+                if name in self._param_of:
+                    continue
+                module = model.get_submodule(member.module)
+                weight = getattr(module, member.param)
+                if weight.requires_grad is False and self.criterion.needs_grad:
+                    raise PruningError(
+                        f"pruner {self.name!r}, layer {name!r}: the weight is frozen and criterion {config.criterion!r} "
+                        f"needs gradients; use criterion: magnitude"
+                    )
+                self._param_of[name] = (member.module, member.param)
+                self.layers.append(Layer(name, module, weight, Layout(_layout_of(module, weight), tuple(weight.shape))))
+        self._layer_of = {(m, p): name for name, (m, p) in self._param_of.items()}
+        self.patterns = {}
+        self.mask8 = {layer.name: new_mask(layer.weight) for layer in self.layers}
+        self._pairs = [(layer.weight, self.mask8[layer.name]) for layer in self.layers]
+        self.scores = {}
+        self.unit_scores: dict[str, torch.Tensor] = {}
+        self.pruned_units: dict[str, torch.Tensor] = {g.name: torch.zeros(g.units, dtype=torch.bool) for g in unit_groups}
+        self.ratio = 0.0
+        self.has_pruned = False
+        self._buffers = {}
+        self._last_event_step = self.scheduler.last_event_step
+        self._floored_at = None
+        self._accumulated_at = None
+        self.init_ratio = 0.0
+        self.regularizer = None
+
+    # ------------------------------------------------------------------ checks
+    def check_layers(self) -> None:
+        for layer in self.layers:
+            module_name, param = self._param_of[layer.name]
+            live = layer.module._parameters.get(param)
+            if live is not layer.weight:
+                raise PruningError(
+                    f"pruner {self.name!r}, layer {layer.name!r}: the module's {param} is no longer the Parameter this session "
+                    f"prunes (replaced after the session was built, e.g. by load_state_dict(..., assign=True) or prunekit.slim); "
+                    f"build a new Pruning session for the model as it is now"
+                )
+            if tuple(layer.weight.shape) != layer.layout.shape:
+                raise PruningError(f"pruner {self.name!r}, layer {layer.name!r}: the weight's shape changed after the session was built")
+            if layer.weight.device != self.mask8[layer.name].device:
+                raise PruningError(
+                    f"pruner {self.name!r}, layer {layer.name!r}: the weight moved to {layer.weight.device} after the session was "
+                    f"built; move the model first, then build the Pruning session"
+                )
+
+    def _check_finite(self, step: int) -> bool:
+        for layer in self.layers:
+            tensors = [("weights", layer.weight.detach())]
+            if self.criterion.needs_grad:
+                tensors.append(("gradients", self._grad(layer, step)))
+            for what, tensor in tensors:
+                if tensor.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(tensor.float()))).all()):
+                    raise PruningError(
+                        f"pruner {self.name!r}, layer {layer.name!r}: the {what} are not finite (NaN/inf) at optimizer step "
+                        f"{step}; nothing was pruned at this event"
+                    )
+        return True
+
+    # ------------------------------------------------------------------ scores
+    @torch.no_grad()
+    def _fresh_unit_scores(self, step: int) -> dict[str, torch.Tensor]:
+        """``{structure: float32 [units]}``: element scores of the unit's weights, reduced by ``reduce``."""
+        reduce = self.config.reduce
+        element_scores: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
+        for unit_group in self.unit_groups:
+            total: torch.Tensor | None = None
+            count = 0
+            for member in unit_group.weight_members:
+                name = self._layer_of[(member.module, member.param)]
+                if name not in element_scores:
+                    layer = next(layer for layer in self.layers if layer.name == name)
+                    grad = self._grad(layer, step) if self.criterion.needs_grad else None
+                    element_scores[name] = self.criterion.score(layer.weight.detach(), grad).float()
+                view = member.unit_view(element_scores[name], unit_group.units)
+                part = view.amax((1, 2)) if reduce == "max" else view.sum((1, 2))
+                count += view.shape[1] * view.shape[2]
+                total = part if total is None else (torch.maximum(total, part) if reduce == "max" else total + part)
+            assert total is not None
+            out[unit_group.name] = total / count if reduce == "mean" else total
+        return out
+
+    @torch.no_grad()
+    def _accumulate(self, step: int, mask_grads: bool) -> None:
+        for name, fresh in self._fresh_unit_scores(step).items():
+            self.unit_scores[name] = self.criterion.accumulate(self.unit_scores.get(name), fresh)
+        if mask_grads:
+            self.mask_grads()
+
+    def _scores_now(self, step: int) -> dict[str, torch.Tensor]:
+        if not self.criterion.accumulates:
+            return self._fresh_unit_scores(step)
+        missing = [g.name for g in self.unit_groups if g.name not in self.unit_scores]
+        if missing:
+            raise PruningError(
+                f"pruner {self.name!r}: no accumulated {self.criterion.name} scores for {missing[0]!r} at optimizer step {step}; "
+                f"the scores are gathered from start_step on, one backward pass per optimizer step"
+            )
+        for name, scores in self.unit_scores.items():
+            if not bool(torch.isfinite(scores).all()):
+                raise PruningError(f"pruner {self.name!r}: accumulated scores of {name!r} are not finite at optimizer step {step}")
+        return self.unit_scores
+
+    # ------------------------------------------------------------------ events
+    def _bounds(self, unit_group: UnitGroup, ratio: float) -> tuple[int, int]:
+        """(fewest, most) units of a structure pruned at ``ratio``: min/max_sparsity_per_op, never the last unit."""
+        n = unit_group.units
+        high = min(math.floor(self.config.max_sparsity_per_op * n + 1e-9), n - 1)
+        low = min(math.ceil(min(self.config.min_sparsity_per_op, ratio) * n - 1e-9), high)
+        return low, high
+
+    @torch.no_grad()
+    def _prune(
+        self, step: int, event: PruningEvent, ratio: float, optimizers: list[torch.optim.Optimizer], sync: bool, apply: bool = True
+    ) -> PruningRecord:
+        self._check_finite(step)
+        scores = {name: s.detach().float().cpu() for name, s in self._scores_now(step).items()}
+        decided = {g.name: self.pruned_units[g.name].clone() for g in self.unit_groups}
+        capped: list[str] = []
+        if self.config.scope == "local":
+            for unit_group in self.unit_groups:
+                low, high = self._bounds(unit_group, ratio)
+                want = min(max(round(ratio * unit_group.units), 0), high)
+                self._take_lowest(decided[unit_group.name], scores[unit_group.name], want)
+        else:
+            numel = {g.name: g.unit_numel(self.model) for g in self.unit_groups}
+            total = sum(numel[g.name] * g.units for g in self.unit_groups)
+            budget = ratio * total
+            bounds = {g.name: self._bounds(g, ratio) for g in self.unit_groups}
+            pruned = sum(int(decided[g.name].sum()) * numel[g.name] for g in self.unit_groups)
+            order = sorted(
+                ((float(scores[g.name][u]), i, u) for i, g in enumerate(self.unit_groups) for u in range(g.units) if not decided[g.name][u]),
+            )
+            for score, i, u in order:
+                unit_group = self.unit_groups[i]
+                size = numel[unit_group.name]
+                if pruned + size / 2 > budget:
+                    break
+                if int(decided[unit_group.name].sum()) >= bounds[unit_group.name][1]:
+                    continue
+                decided[unit_group.name][u] = True
+                pruned += size
+            for unit_group in self.unit_groups:
+                low, high = bounds[unit_group.name]
+                self._take_lowest(decided[unit_group.name], scores[unit_group.name], low)
+                if high > 0 and int(decided[unit_group.name].sum()) >= high:
+                    capped.append(unit_group.name)
+        if sync:
+            import torch.distributed as dist
+
+            flat = torch.cat([decided[g.name] for g in self.unit_groups]).to(torch.uint8)
+            device = self.layers[0].weight.device if dist.get_backend() == "nccl" else torch.device("cpu")
+            flat = flat.to(device)
+            dist.broadcast(flat, src=0)  # rank 0's choice wins, before anything is committed
+            offset = 0
+            for unit_group in self.unit_groups:
+                decided[unit_group.name] = flat[offset : offset + unit_group.units].cpu().bool()
+                offset += unit_group.units
+        self._commit(decided, optimizers, apply)
+        self._warn_capped(step, capped)
+        self.ratio = ratio
+        counts = {name: m.numel() - int(torch.count_nonzero(m)) for name, m in self.mask8.items()}
+        total_numel = sum(m.numel() for m in self.mask8.values())
+        pruned_numel = sum(counts.values())
+        self.has_pruned = self.has_pruned or pruned_numel > 0
+        layers = {name: counts[name] / m.numel() for name, m in self.mask8.items()}
+        return PruningRecord(step, self.name, event.index, event.total, ratio, pruned_numel / total_numel, layers)
+
+    @staticmethod
+    def _take_lowest(decided: torch.Tensor, scores: torch.Tensor, want: int) -> None:
+        """Mark the lowest-scored units not yet pruned until ``want`` are pruned (ties: lower index first)."""
+        missing = want - int(decided.sum())
+        if missing <= 0:
+            return
+        candidates = (~decided).nonzero().flatten()
+        order = torch.argsort(scores[candidates], stable=True)
+        decided[candidates[order[:missing]]] = True
+
+    @torch.no_grad()
+    def _commit(self, decided: Mapping[str, torch.Tensor], optimizers: list[torch.optim.Optimizer], apply: bool) -> None:
+        touched: set[str] = set()
+        for unit_group in self.unit_groups:
+            new = decided[unit_group.name] & ~self.pruned_units[unit_group.name]
+            units = new.nonzero().flatten().tolist()
+            if not units:
+                continue
+            for member in unit_group.members:
+                index = _indices(member, units)
+                layer = self._layer_of.get((member.module, member.param))
+                if layer is not None:
+                    mask = self.mask8[layer]
+                    mask.index_fill_(member.dim, index.to(mask.device), 0)
+                    touched.add(layer)
+                elif apply and (member.role != "norm" or member.param in ("weight", "bias")):  # running stats stay
+                    tensor = member.tensor(self.model)
+                    if tensor is not None:
+                        tensor.index_fill_(member.dim, index.to(tensor.device), 0)
+            self.pruned_units[unit_group.name] = self.pruned_units[unit_group.name] | new
+        if apply:
+            for layer in self.layers:
+                if layer.name in touched:
+                    apply_mask_(layer.weight, self.mask8[layer.name])
+                    mask_optimizer_state_(optimizers, layer.weight, self.mask8[layer.name])
+            self._floored_at = None
+
+    # ------------------------------------------------------------------ state
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "unit_scores": {name: s.detach().clone() for name, s in self.unit_scores.items()},
+            "pruned_units": {name: p.clone() for name, p in self.pruned_units.items()},
+        }
+
+    def check_extra_state(self, state: Mapping[str, Any], where: str) -> list[str]:
+        problems = []
+        sizes = {g.name: g.units for g in self.unit_groups}
+        for key, want_float in (("unit_scores", True), ("pruned_units", False)):
+            saved = state.get(key)
+            if not isinstance(saved, Mapping):
+                problems.append(f"{where}.{key}: missing (the state was saved by another pattern); load it into the same config")
+                continue
+            for name, tensor in saved.items():
+                if name not in sizes:
+                    problems.append(f"{where}.{key}[{name!r}]: no such structure in pruner {self.name!r} ({_short(list(sizes))})")
+                elif not isinstance(tensor, torch.Tensor) or tuple(tensor.shape) != (sizes[name],):
+                    problems.append(f"{where}.{key}[{name!r}]: expected a tensor of {sizes[name]} units")
+                elif want_float and not (tensor.is_floating_point() and bool(torch.isfinite(tensor).all())):
+                    problems.append(f"{where}.{key}[{name!r}]: expected finite floating scores")
+                elif not want_float and tensor.dtype != torch.bool:
+                    problems.append(f"{where}.{key}[{name!r}]: expected a bool tensor")
+            if not want_float and isinstance(saved, Mapping) and set(saved) != set(sizes):
+                problems.append(f"{where}.{key}: holds {_short(sorted(saved))}, the model has {_short(sorted(sizes))}")
+        return problems
+
+    def apply_extra_state(self, state: Mapping[str, Any]) -> None:
+        device = self.layers[0].weight.device
+        self.unit_scores = {name: s.to(device=device, dtype=torch.float32, copy=True) for name, s in state["unit_scores"].items()}
+        self.pruned_units = {name: p.to("cpu", copy=True) for name, p in state["pruned_units"].items()}
+
+
+def _indices(member: Member, units: list[int]) -> torch.Tensor:
+    """Indices along ``member.dim`` of the given units."""
+    starts = torch.tensor(units, dtype=torch.long) * member.size + member.offset
+    return (starts[:, None] + torch.arange(member.size)).flatten()
