@@ -102,14 +102,14 @@ class SensitivityResult:
             ratios = {name: self._ratio_within(points, tolerated) for name, (_, points) in curves.items()}
             return sum(curves[name][0] * r for name, r in ratios.items()) / total, ratios
 
-        reachable, _ = overall(math.inf)
-        if target > reachable + 1e-12:
-            raise ValueError(
-                f"target {target} is above what the measured ratios reach ({reachable:.4f} with every layer at "
-                f"{max(self.ratios)}); measure higher ratios (ratios=...) or lower the target"
-            )
         finite = [d for _, points in curves.values() for _, d in points if math.isfinite(d)]
         low, high = min(finite + [0.0]), max(finite + [0.0])
+        reachable, _ = overall(high)  # a ratio whose metric was NaN/inf is never allocated
+        if target > reachable + 1e-12:
+            raise ValueError(
+                f"target {target} is above what the measured ratios reach ({reachable:.4f}: every layer at its largest ratio "
+                f"with a finite metric, at most {max(self.ratios)}); measure higher ratios (ratios=...) or lower the target"
+            )
         for _ in range(200):
             mid = (low + high) / 2
             if overall(mid)[0] < target:
@@ -117,9 +117,9 @@ class SensitivityResult:
             else:
                 high = mid
         reached, ratios = overall(high)
-        # the bisection stops at or just above the target: scale the ratios onto it exactly
-        scale = target / reached if reached > 0 else 0.0
-        return {name: min(r * scale, max(self.ratios)) for name, r in ratios.items()}
+        # the bisection stops at or just above the target: scale the ratios down onto it exactly
+        scale = min(target / reached, 1.0) if reached > 0 else 0.0
+        return {name: r * scale for name, r in ratios.items()}
 
     def to_config(self, target: float, scheduler: Any = None) -> PruningConfig:
         """A config with one group per layer at its allocated target (layers at 0 left out), each with
@@ -193,6 +193,11 @@ def sensitivity(
                 f"pruner {group.name!r}: sensitivity prunes each layer once with the basic type; type {group.type} "
                 f"has its own behaviour (locks, stages, calibration): set type basic in the config you scan"
             )
+        if parse_pattern(group.pattern).kind == "unit":
+            raise PruningError(
+                f"pruner {group.name!r}: pattern {group.pattern} removes coupled units across layers, which a one-layer scan "
+                f"cannot try; scan the layers with pattern 1x1 (or a block pattern) instead"
+            )
         if parse_pattern(group.pattern).kind == "nm":
             raise PruningError(
                 f"pruner {group.name!r}: pattern {group.pattern} has one ratio (N/M), so there is nothing to scan; "
@@ -206,6 +211,8 @@ def sensitivity(
     modes = {m: m.training for m in model.modules()}
     try:
         baseline = float(evaluate(model))
+        if not math.isfinite(baseline):
+            raise ValueError(f"evaluate(model) returned {baseline} for the unpruned model; a sensitivity scan needs a finite baseline")
         layers = _selected_layers(model, cfg)
         for layer in layers:
             source = cfg.group(layer.group)
@@ -239,6 +246,7 @@ def _trial(model: nn.Module, source: PrunerConfig, name: str, ratio: float, eval
     weight = model.get_submodule(name).weight
     saved_weight = weight.detach().clone()
     saved_grads = {p: p.grad for p in model.parameters()}
+    saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]  # a backward() in train mode moves batch-norm statistics
     session = Pruning(model, {"version": 1, "pruners": [single]})
     try:
         for p in saved_grads:  # the user's gradients are set aside, untouched: backward() starts from none
@@ -252,5 +260,7 @@ def _trial(model: nn.Module, source: PrunerConfig, name: str, ratio: float, eval
         session.close()
         with torch.no_grad():
             weight.copy_(saved_weight)
+            for buffer, saved in saved_buffers:
+                buffer.copy_(saved)
         for p, grad in saved_grads.items():
             p.grad = grad

@@ -168,8 +168,11 @@ def is_sparse_checkpoint(path: str | os.PathLike[str]) -> bool:
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return False
-    with _safetensors().safe_open(str(path), framework="pt") as f:
-        return (f.metadata() or {}).get("format") == FORMAT
+    try:
+        with _safetensors().safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # noqa: BLE001 - not a readable safetensors file: not ours (the plain reader says why)
+        return False
 
 
 def load_sparse(path: str | os.PathLike[str], into: nn.Module | None = None) -> dict[str, torch.Tensor]:

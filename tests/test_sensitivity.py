@@ -169,3 +169,31 @@ def _has_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_non_finite_metrics_are_never_allocated_and_a_non_finite_baseline_is_refused(trained):
+    nan_at_90 = synthetic({"a": [0.1, 0.1, 0.1, float("nan")], "b": [0.1, 0.1, 0.1, 0.2]}, {"a": 10, "b": 10})
+    allocation = nan_at_90.allocate(0.8)
+    assert allocation["a"] <= 0.75 + 1e-9 and (allocation["a"] + allocation["b"]) / 2 == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="above what the measured ratios reach"):
+        nan_at_90.allocate(0.85)  # a at 0.75 (its last finite ratio) and b at 0.9 reach 0.825
+    model, _ = trained
+    with pytest.raises(ValueError, match="finite baseline"):
+        sensitivity(model, CONFIG, lambda m: float("nan"))
+
+
+def test_batch_norm_statistics_and_coupled_patterns(trained):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    x = torch.randn(32, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def backward(m):
+        m.train()
+        m(x).pow(2).mean().backward()  # moves the batch-norm running statistics
+
+    config = {"pruners": [{"op_types": ["Linear"], "criterion": "snip", "target_sparsity": 0.5}]}
+    sensitivity(model, config, lambda m: -float(m.eval()(x).pow(2).mean()), ratios=(0.5,), backward=backward)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(pk.PruningError, match="cannot try"):
+        sensitivity(model, {"pruners": [{"pattern": "channel", "target_sparsity": 0.5}]}, lambda m: 0.0)

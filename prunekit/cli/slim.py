@@ -29,7 +29,16 @@ def cmd_slim(args: argparse.Namespace) -> int:
     print(plan.table())
     if all(row.kept == row.units for row in plan.rows):
         print("nothing to remove: no head or channel of this model has all of its output-side weights at zero")
-    plan.apply()
+    vocab = getattr(model.config, "vocab_size", None)
+    example = None
+    if isinstance(vocab, int) and vocab > 0:  # token ids: the slimmed model's outputs are checked against the pruned model's
+        import torch
+
+        example = {"input_ids": torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(0))}
+    report = plan.apply(example_inputs=example)
+    if example is not None:
+        print(f"checked: the slimmed model's outputs equal the pruned model's on random token ids; "
+              f"multiply-adds {report.macs_before:,} -> {report.macs_after:,}")
     model.save_pretrained(out)
     for item in source.iterdir():  # the tokenizer and other files the model folder carries
         if item.is_file() and item.name.startswith(("tokenizer", "vocab", "merges", "special_tokens", "spiece", "preprocessor")):

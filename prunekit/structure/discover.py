@@ -62,6 +62,20 @@ def _in_features(module: nn.Module) -> int:
     return module.weight.shape[_in_dim(module)]
 
 
+def _foreign_width(module: nn.Module, members: Iterable[str], prefix: str, widths: set[int]) -> str | None:
+    """A parameter of ``module`` outside the member layers with a dimension of a unit width (a norm over
+    all heads, a norm between an FFN's layers): removing units would have to shrink it too, so the
+    structure is not discovered. Returns its name, or None."""
+    owned = {m[len(prefix) + 1:] if prefix else m for m in members}
+    for name, param in module.named_parameters():
+        layer = name.rpartition(".")[0]
+        if layer in owned:
+            continue
+        if any(d in widths for d in param.shape):
+            return name
+    return None
+
+
 def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
@@ -109,6 +123,8 @@ def _bert_heads(name: str, module: nn.Module, modules: dict[str, nn.Module]) -> 
         return None
     members = [*_produce(_join(name, "query"), q, head), *_produce(_join(name, "key"), k, head),
                *_produce(_join(name, "value"), v, head), *_consume(out_name, out, head)]
+    if _foreign_width(module, [m.module for m in members], name, {q.out_features}):
+        return None
     attrs = {name: {"num_attention_heads": 1, "all_head_size": head}}
     return UnitGroup(_join(parent) or name, "head", heads, members, attrs, owners=(name, parent) if parent else (name,))
 
@@ -126,6 +142,8 @@ def _llama_heads(name: str, module: nn.Module) -> UnitGroup | None:
     group = heads // kv_heads  # query heads per key/value head
     members = [*_produce(_join(name, "q_proj"), q, group * head_dim), *_produce(_join(name, "k_proj"), k, head_dim),
                *_produce(_join(name, "v_proj"), v, head_dim), *_consume(_join(name, "o_proj"), o, group * head_dim)]
+    if _foreign_width(module, [m.module for m in members], name, {q.out_features, k.out_features}):
+        return None  # e.g. a norm over all query heads (OLMo2's q_norm): not removable head by head
     attrs: dict[str, dict[str, int]] = {}
     for attr, per_unit in (("num_heads", group), ("num_key_value_heads", 1), ("num_attention_heads", group)):
         if isinstance(getattr(module, attr, None), int):
@@ -153,6 +171,8 @@ def _gpt2_heads(name: str, module: nn.Module) -> UnitGroup | None:
 def _mha_heads(name: str, module: nn.Module) -> UnitGroup | None:
     if not isinstance(module, nn.MultiheadAttention) or module.in_proj_weight is None:
         return None
+    if module.bias_k is not None or module.add_zero_attn:
+        return None  # extra key/value entries that prunekit's slimmed attention does not reproduce
     heads, head_dim = module.num_heads, module.head_dim
     embed = module.embed_dim
     members: list[Member] = []
@@ -202,6 +222,10 @@ def ffn_units(model: nn.Module, head_layers: set[str] | None = None) -> list[Uni
             for path, prod in zip(producers, prods):
                 members += _produce(_join(name, path), prod, 1)
             members += _consume(_join(name, consumer), cons, 1)
+            ffn_module = module.get_submodule("intermediate") if producers == ("intermediate.dense",) else module
+            ffn_prefix = _join(name, "intermediate") if producers == ("intermediate.dense",) else name
+            if _foreign_width(ffn_module, [m.module for m in members], ffn_prefix, {width}):
+                continue  # something of the FFN's width sits between the layers (a norm): not channel by channel
             if producers == ("intermediate.dense",):  # BERT: the FFN is not a module of its own
                 group_name, owners = _join(name, "intermediate"), (_join(name, "intermediate"), name)
             else:
@@ -247,6 +271,13 @@ def conv_units(model: nn.Module) -> tuple[list[UnitGroup], dict[str, str]]:
             reasons[node.target] = found
             continue
         norms, consumer, spatial = found
+        if spatial == 0:  # a Linear after a flatten: channel c owns columns c·k .. (c+1)·k (channels-first flatten)
+            width = modules[consumer].in_features
+            if width % conv.out_channels:
+                reasons[node.target] = (f"its {conv.out_channels} channels reach {consumer!r} ({width} inputs, not a multiple) "
+                                        f"through a flatten: the layout between them is not channel by channel")
+                continue
+            spatial = width // conv.out_channels
         members = _produce(node.target, conv, 1)
         for norm in norms:
             per_channel = modules[norm]
@@ -273,7 +304,6 @@ def _follow(node: Any, modules: dict[str, nn.Module]) -> tuple[list[str], str, i
     """From a conv's output to the one layer that reads it: (per-channel modules between: batch norms
     and depthwise convs; the consumer; columns per channel) or why not."""
     norms: list[str] = []
-    spatial = 1
     flattened = False
     while True:
         users = list(node.users)
@@ -289,11 +319,6 @@ def _follow(node: Any, modules: dict[str, nn.Module]) -> tuple[list[str], str, i
                 norms.append(node.target)
                 continue
             if isinstance(module, _CHANNELWISE):
-                if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-                    size = module.output_size if isinstance(module.output_size, tuple) else (module.output_size,) * 2
-                    if None in size:
-                        return "an adaptive pool with a free output size"
-                    spatial = size[0] * size[1]
                 continue
             if isinstance(module, nn.Flatten):
                 flattened = True
@@ -303,7 +328,7 @@ def _follow(node: Any, modules: dict[str, nn.Module]) -> tuple[list[str], str, i
             if isinstance(module, nn.ZeroPad2d) and not flattened:
                 continue
             if isinstance(module, nn.Linear) and flattened:
-                return norms, node.target, spatial
+                return norms, node.target, 0  # columns per channel: in_features / channels, checked by the caller
             return f"its output reaches {type(module).__name__} {node.target!r}, which is not a conv (groups=1) or a Linear after a flatten"
         if node.op == "call_function" and getattr(node.target, "__name__", "") in _CHANNELWISE_FUNCTIONS:
             continue

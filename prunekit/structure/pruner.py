@@ -66,6 +66,9 @@ def select_units(model: nn.Module, config: PrunerConfig) -> list[UnitGroup]:
     covered: set[str] = set()
     for unit_group in found:
         layers = list(dict.fromkeys(m.module for m in unit_group.weight_members))
+        # a structure is named by its owner or its output-side layers (its input-side layer may
+        # produce another structure: the middle conv of a chain)
+        produce = list(dict.fromkeys(m.module for m in unit_group.weight_members if m.role == "produce"))
         candidates = [*unit_group.owners, *layers]
         if any(p.search(n) for p in excluded for n in candidates):
             continue
@@ -73,11 +76,11 @@ def select_units(model: nn.Module, config: PrunerConfig) -> list[UnitGroup]:
             continue
         if names:
             owner_named = any(p.search(n) for p in names for n in unit_group.owners)
-            named_layers = [n for n in layers if any(p.search(n) for p in names)]
+            named_layers = [n for n in produce if any(p.search(n) for p in names)]
             if not owner_named and not named_layers:
                 continue
-            if not owner_named and len(named_layers) < len(layers):
-                missing = [n for n in layers if n not in named_layers]
+            if not owner_named and len(named_layers) < len(produce):
+                missing = [n for n in produce if n not in named_layers]
                 raise PruningError(
                     f"pruner {group!r}: pattern {kind} prunes {', '.join(layers)} together, but op_names selects only "
                     f"{', '.join(named_layers)}; select {unit_group.owners[0]!r} (the whole structure) or add {', '.join(missing)}"
@@ -248,7 +251,7 @@ class StructuredPruner(PrunerGroup):
                 self._take_lowest(decided[unit_group.name], scores[unit_group.name], want)
         else:
             numel = {g.name: g.unit_numel(self.model) for g in self.unit_groups}
-            total = sum(numel[g.name] * g.units for g in self.unit_groups)
+            total = sum(layer.numel for layer in self.layers)  # distinct weights (a conv in two chains counts once)
             budget = ratio * total
             bounds = {g.name: self._bounds(g, ratio) for g in self.unit_groups}
             pruned = sum(int(decided[g.name].sum()) * numel[g.name] for g in self.unit_groups)
@@ -259,7 +262,7 @@ class StructuredPruner(PrunerGroup):
                 unit_group = self.unit_groups[i]
                 size = numel[unit_group.name]
                 if pruned + size / 2 > budget:
-                    break
+                    continue  # a smaller unit of another structure may still fit
                 if int(decided[unit_group.name].sum()) >= bounds[unit_group.name][1]:
                     continue
                 decided[unit_group.name][u] = True
@@ -356,8 +359,10 @@ class StructuredPruner(PrunerGroup):
         return problems
 
     def apply_extra_state(self, state: Mapping[str, Any]) -> None:
-        device = self.layers[0].weight.device
-        self.unit_scores = {name: s.to(device=device, dtype=torch.float32, copy=True) for name, s in state["unit_scores"].items()}
+        devices = {g.name: self.model.get_submodule(g.weight_members[0].module).weight.device if g.weight_members[0].param == "weight"
+                   else getattr(self.model.get_submodule(g.weight_members[0].module), g.weight_members[0].param).device
+                   for g in self.unit_groups}
+        self.unit_scores = {name: s.to(device=devices[name], dtype=torch.float32, copy=True) for name, s in state["unit_scores"].items()}
         self.pruned_units = {name: p.to("cpu", copy=True) for name, p in state["pruned_units"].items()}
 
 

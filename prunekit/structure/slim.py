@@ -19,11 +19,12 @@ are removed by replacing it with :class:`SlimMultiheadAttention` (same call sign
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,18 +76,72 @@ class SlimPlan:
         return "\n".join(lines)
 
     def apply(self, example_inputs: Any = None) -> "SlimReport":
-        """Remove the units; with ``example_inputs`` (passed as ``model(*example_inputs)`` or
-        ``model(**example_inputs)``), also count the multiply-adds of one forward pass before and after."""
+        """Remove the units. With ``example_inputs`` (passed as ``model(*example_inputs)``,
+        ``model(**example_inputs)`` or ``model(example_inputs)``), also count the multiply-adds of one
+        forward pass before and after, and check that the outputs did not change (in eval mode); when
+        they did, or the forward pass fails, every module, attribute and config value is put back and
+        :class:`PruningError` says by how much."""
         model = self.model
         _refuse_live_session(model)
-        macs_before = count_macs(model, example_inputs) if example_inputs is not None else None
         params_before = sum(p.numel() for p in model.parameters())
         rows = self.rows
-        _apply(model, self.structures)
+        before = _forward(model, example_inputs) if example_inputs is not None else None
+        undo = _apply(model, self.structures)
         report = SlimReport(model, rows, params_before, sum(p.numel() for p in model.parameters()))
-        if example_inputs is not None:
-            report.macs_before, report.macs_after = macs_before, count_macs(model, example_inputs)
+        if before is not None:
+            try:
+                after = _forward(model, example_inputs)
+                _check_same(before[1], after[1])
+            except BaseException:
+                undo()
+                raise
+            report.macs_before, report.macs_after = before[0], after[0]
         return report
+
+
+def _forward(model: nn.Module, example_inputs: Any) -> tuple[int, list[torch.Tensor]]:
+    """(multiply-adds, output tensors) of one forward pass in eval mode (modes restored after)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            if isinstance(example_inputs, dict):
+                out = model(**example_inputs)
+            elif isinstance(example_inputs, (tuple, list)):
+                out = model(*example_inputs)
+            else:
+                out = model(example_inputs)
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+    return counter.get_total_flops() // 2, _tensors(out)
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _tensors(v)]
+    if isinstance(out, (tuple, list)):
+        return [t for v in out for t in _tensors(v)]
+    return []
+
+
+def _check_same(before: list[torch.Tensor], after: list[torch.Tensor]) -> None:
+    if len(before) != len(after) or any(a.shape != b.shape for a, b in zip(before, after)):
+        raise PruningError("slim changed the shapes of the model's outputs; the model was restored")
+    for b, a in zip(before, after):
+        loose = b.dtype in (torch.float16, torch.bfloat16)
+        if not torch.allclose(a.float(), b.float(), rtol=2e-2 if loose else 1e-3, atol=1e-2 if loose else 1e-4):
+            diff = (a.float() - b.float()).abs().max().item()
+            raise PruningError(
+                f"slim changed the model's outputs (max abs difference {diff:.3g}): something between the layers of a structure "
+                f"is not channel-wise (a norm or softmax over the units); the model was restored. Remove that structure from "
+                f"the model's pruning, or report the architecture"
+            )
 
 
 @dataclass
@@ -113,18 +168,8 @@ class SlimReport:
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
-    """Multiply-adds of one forward pass (``torch.utils.flop_counter``: FLOPs / 2)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        if isinstance(example_inputs, dict):
-            model(**example_inputs)
-        elif isinstance(example_inputs, (tuple, list)):
-            model(*example_inputs)
-        else:
-            model(example_inputs)
-    return counter.get_total_flops() // 2
+    """Multiply-adds of one forward pass (``torch.utils.flop_counter``: FLOPs / 2), in eval mode."""
+    return _forward(model, example_inputs)[0]
 
 
 def len_after(shape: list[int], dim: int, removed: set[int] | None) -> int:
@@ -186,22 +231,49 @@ def _removals(structures: Sequence[tuple[UnitGroup, torch.Tensor]]) -> dict[str,
     return out
 
 
+_CONFIG_KEYS = ("prunekit_slim", "intermediate_size", "n_inner", "ffn_dim", "dim_feedforward", "num_attention_heads", "num_key_value_heads")
+
+
 @torch.no_grad()
-def _apply(model: nn.Module, structures: Sequence[tuple[UnitGroup, torch.Tensor]]) -> None:
+def _apply(model: nn.Module, structures: Sequence[tuple[UnitGroup, torch.Tensor]]) -> Callable[[], None]:
+    """Replace the modules, set the attributes and the config; returns a function that undoes all of it."""
     removals = _removals(structures)
     replacements: dict[str, nn.Module] = {}
-    for module_name, removed in removals.items():
-        module = model.get_submodule(module_name)
-        replacements[module_name] = _smaller(module, removed)
+    for module_name, removed in removals.items():  # every new module is built before anything changes
+        replacements[module_name] = _smaller(model.get_submodule(module_name), removed)
+    originals = {name: model.get_submodule(name) for name in replacements}
     kept_units = {g.name: int(keep.numel()) for g, keep in structures}
-    for module_name, new in replacements.items():
-        _set_module(model, module_name, new)
-    for group, _ in structures:
-        for module_name, attrs in group.attributes.items():
-            module = model.get_submodule(module_name)
-            for attr, per_unit in attrs.items():
-                setattr(module, attr, per_unit * kept_units[group.name])
-    _update_hf_config(model, structures, replacements)
+    old_attrs = [(model.get_submodule(m), a, getattr(model.get_submodule(m), a, None))
+                 for g, _ in structures for m, attrs in g.attributes.items() for a in attrs]
+    config = getattr(model, "config", None)
+    missing = object()
+    old_config = {k: getattr(config, k, missing) for k in _CONFIG_KEYS} if config is not None else {}
+
+    def undo() -> None:
+        for name in sorted(originals, key=lambda n: -n.count(".")):  # children first, then their parents
+            _set_module(model, name, originals[name])
+        for module, attr, value in old_attrs:
+            setattr(module, attr, value)
+        for key, value in old_config.items():
+            if value is missing:
+                if hasattr(config, key):
+                    delattr(config, key)
+            else:
+                setattr(config, key, value)
+
+    try:
+        for module_name in sorted(replacements, key=lambda n: n.count(".")):  # a parent before its children
+            _set_module(model, module_name, replacements[module_name])
+        for group, _ in structures:
+            for module_name, attrs in group.attributes.items():
+                module = model.get_submodule(module_name)
+                for attr, per_unit in attrs.items():
+                    setattr(module, attr, per_unit * kept_units[group.name])
+        _update_hf_config(model, structures, replacements)
+    except BaseException:
+        undo()
+        raise
+    return undo
 
 
 def _keep_index(size: int, removed: set[int] | None, device: torch.device) -> torch.Tensor:
@@ -216,58 +288,38 @@ def _select(tensor: torch.Tensor, removed: dict[tuple[str, int], set[int]], name
     return out.clone()
 
 
-def _copy_into(new: nn.Module, old: nn.Module, removed: dict[tuple[str, int], set[int]]) -> nn.Module:
-    first = next((t for t in [*old.parameters(recurse=False), *old.buffers(recurse=False)] if t is not None), None)
-    if first is not None:
-        new.to(device=first.device)
-    for name, value in list(old.named_parameters(recurse=False)) + list(old.named_buffers(recurse=False)):
-        if value is None:
-            continue
-        target = getattr(new, name)
-        data = _select(value, removed, name)
-        if target.shape != data.shape:
-            raise PruningError(f"slim: {type(old).__name__}.{name} would be {tuple(data.shape)}, the new module holds {tuple(target.shape)}")
-        if isinstance(target, nn.Parameter):
-            target.data = data.to(dtype=value.dtype, device=value.device)
-            target.requires_grad_(value.requires_grad)
-        else:
-            target.copy_(data)
-    new.train(old.training)
-    return new
-
-
 def _smaller(module: nn.Module, removed: dict[tuple[str, int], set[int]]) -> nn.Module:
-    """A new module of ``module``'s class with the removed indices gone."""
-    def size(param: str, dim: int) -> int:
-        tensor = getattr(module, param)
-        return tensor.shape[dim] - len(removed.get((param, dim), ()))
-
-    factory = {"device": module.weight.device if getattr(module, "weight", None) is not None else None}
+    """A copy of ``module`` with the removed indices gone: a shallow copy of the same object (its class,
+    its own attributes, hooks and submodules kept) with new, smaller Parameters and buffers, and the
+    size attributes of ``Linear`` / ``Conv1D`` / ``Conv2d`` / ``BatchNorm2d`` updated."""
     if isinstance(module, nn.MultiheadAttention):
         return SlimMultiheadAttention.from_pruned(module, removed)
+    if not isinstance(module, (nn.Linear, nn.Conv2d, nn.BatchNorm2d)) and type(module).__name__ != "Conv1D":
+        raise PruningError(f"slim: cannot shrink a {type(module).__name__}; the structure discovery should not have picked it")
+    new = copy.copy(module)
+    new._parameters = dict(module._parameters)
+    new._buffers = dict(module._buffers)
+    new._modules = dict(module._modules)
+    for name, value in module._parameters.items():
+        if value is not None:
+            new._parameters[name] = nn.Parameter(_select(value, removed, name), requires_grad=value.requires_grad)
+    for name, value in module._buffers.items():
+        if value is not None and value.dim() > 0:
+            new._buffers[name] = _select(value, removed, name)
+    weight = new._parameters.get("weight")
     if isinstance(module, nn.Linear):
-        new = type(module)(size("weight", 1), size("weight", 0), bias=module.bias is not None, dtype=module.weight.dtype, **factory)
-    elif type(module).__name__ == "Conv1D":
-        new = type(module)(size("weight", 1), size("weight", 0))
+        new.out_features, new.in_features = weight.shape
     elif isinstance(module, nn.Conv2d):
         depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-        out_channels = size("weight", 0)
-        in_channels = out_channels if depthwise else size("weight", 1)
-        new = nn.Conv2d.__new__(type(module))
-        nn.Conv2d.__init__(new, in_channels, out_channels, module.kernel_size, stride=module.stride, padding=module.padding,
-                           dilation=module.dilation, groups=out_channels if depthwise else module.groups, bias=module.bias is not None,
-                           padding_mode=module.padding_mode, dtype=module.weight.dtype, **factory)
-        for key, value in vars(module).items():  # a subclass's own attributes
-            if key not in vars(new):
-                setattr(new, key, value)
-        for key, child in module.named_children():  # and submodules (e.g. a static padding module)
-            new.add_module(key, child)
+        new.out_channels = weight.shape[0]
+        new.in_channels = weight.shape[0] if depthwise else weight.shape[1] * module.groups
+        if depthwise:
+            new.groups = weight.shape[0]
     elif isinstance(module, nn.BatchNorm2d):
-        new = type(module)(size("running_mean", 0) if module.running_mean is not None else size("weight", 0), eps=module.eps,
-                           momentum=module.momentum, affine=module.affine, track_running_stats=module.track_running_stats)
-    else:
-        raise PruningError(f"slim: cannot shrink a {type(module).__name__}; the structure discovery should not have picked it")
-    return _copy_into(new, module, removed)
+        new.num_features = (new._buffers.get("running_mean") if module.running_mean is not None else weight).shape[0]
+    else:  # transformers' Conv1D: weight [nx, nf]
+        new.nx, new.nf = weight.shape
+    return new
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -378,6 +430,11 @@ class SlimMultiheadAttention(nn.Module):
             new.in_proj_weight.copy_(_select(mha.in_proj_weight, removed, "in_proj_weight"))
             if new.in_proj_bias is not None:
                 new.in_proj_bias.copy_(_select(mha.in_proj_bias, removed, "in_proj_bias"))
+        new.out_proj = mha.out_proj  # its columns are a member of the same structure: shrunk as a module of its own
+        new.in_proj_weight.requires_grad_(mha.in_proj_weight.requires_grad)
+        if new.in_proj_bias is not None and mha.in_proj_bias is not None:
+            new.in_proj_bias.requires_grad_(mha.in_proj_bias.requires_grad)
+        new.train(mha.training)
         return new
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_padding_mask: torch.Tensor | None = None,

@@ -203,3 +203,23 @@ def test_a_run_too_short_for_the_schedule_is_warned_about(tmp_path):
     trainer.args.max_steps = 10
     with pytest.warns(UserWarning, match=r"max_steps is 10 optimizer steps, but the pruning schedule needs 11"):
         trainer.train()
+
+
+HEADS = {"pruners": [{"name": "heads", "pattern": "head", "op_names": [r"\.attn$"], "criterion": "snip_momentum", "target_sparsity": 0.5,
+                      "scheduler": {"type": "iterative", "start_step": 2, "end_step": 10, "frequency": 4}}]}
+
+
+def test_heads_are_pruned_gradually_and_resume_exactly_under_the_trainer(tmp_path):
+    full_callback = PruningTrainerCallback(HEADS)
+    full = make_trainer(tmp_path / "full", [full_callback])
+    full.train()
+    first = make_trainer(tmp_path / "cut", [PruningTrainerCallback(HEADS), StopAt(6)])
+    first.train()
+    resumed_callback = PruningTrainerCallback(HEADS)
+    resumed = make_trainer(tmp_path / "cut", [resumed_callback])
+    resumed.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoint-6"))
+    assert [r.step for r in resumed_callback.pruning.history] == [2, 6, 10]
+    for name, units in full_callback.pruning.groups[0].pruned_units.items():
+        assert int(units.sum()) == 1 and torch.equal(units, resumed_callback.pruning.groups[0].pruned_units[name])  # 1 of 2 heads
+    for name, mask in full_callback.pruning.masks.items():
+        assert torch.equal(mask, resumed_callback.pruning.masks[name]), name

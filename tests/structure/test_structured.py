@@ -349,3 +349,103 @@ def test_command_line_slims_a_hugging_face_folder(tmp_path, capsys):
         assert (loaded(input_ids=IDS).logits - want).abs().max().item() <= 1e-5
     assert cli_main(["slim", str(tmp_path / "pruned"), "--out", str(tmp_path / "slim")]) == 1  # never overwritten
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_a_conv_read_by_a_linear_after_a_flatten_owns_its_block_of_columns():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
+    groups, _ = discover(model, "channel")
+    assert [(m.module, m.size) for m in groups[1].members if m.role == "consume"] == [("4", 16)]
+    pruning = pk.Pruning(model, {"pruners": [{"pattern": "channel", "op_names": ["^2$"], "target_sparsity": 0.5}]})
+    pruning.prune_now()
+    pruning.finalize()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        masked = model(x)
+    pk.slim(model)
+    assert model[2].out_channels == 2 and model[4].in_features == 32
+    with torch.no_grad():
+        assert (model(x) - masked).abs().max().item() <= 1e-5
+
+
+def test_global_scope_counts_a_conv_shared_by_two_chains_once():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3))
+    pruning = pk.Pruning(model, {"pruners": [{"pattern": "channel", "scope": "global", "target_sparsity": 0.5}]})
+    record = pruning.prune_now()
+    assert [g.name for g in pruning.groups[0].unit_groups] == ["0", "2"]
+    assert record.sparsity == pytest.approx(0.5, abs=0.06)  # units of unequal size: the closest the units allow
+    middle = pk.Pruning(nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU(), nn.Conv2d(16, 8, 3)),
+                        {"pruners": [{"pattern": "channel", "op_names": ["^2$"], "target_sparsity": 0.5}]})
+    assert [g.name for g in middle.groups[0].unit_groups] == ["2"]  # the middle conv of a chain, alone
+
+
+def test_structures_with_something_of_their_width_in_between_are_not_units():
+    class NormedMlp(nn.Module):  # timm-style Mlp with a norm between the two layers
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.norm, self.fc2 = nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.fc2(self.norm(torch.relu(self.fc1(x))))
+
+    assert discover(NormedMlp(), "channel")[0] == []
+    with pytest.raises(pk.PruningError, match="belong to no channel structure"):
+        pk.Pruning(NormedMlp(), {"pruners": [{"pattern": "channel", "op_names": ["fc"], "target_sparsity": 0.5}]})
+    mha = nn.MultiheadAttention(16, 4, add_bias_kv=True)
+    assert discover(mha, "head")[0] == []
+
+
+def test_slim_checks_outputs_and_puts_everything_back_when_they_change():
+    class SoftmaxMlp(nn.Module):  # a softmax over the units: removing zeroed units changes the normalisation
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+
+        def forward(self, x):
+            return self.fc2(self.fc1(x).softmax(-1))
+
+    torch.manual_seed(0)
+    model = SoftmaxMlp()
+    pruning = pk.Pruning(model, {"pruners": [{"pattern": "channel", "target_sparsity": 0.5}]})
+    pruning.prune_now()
+    pruning.finalize()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pk.PruningError, match="changed the model's outputs.*restored"):
+        pk.plan_slim(model).apply(example_inputs=(torch.randn(4, 8),))
+    assert model.fc1.out_features == 16 and all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_slim_keeps_dtype_flags_subclass_attributes_and_hooks():
+    class Scaled(nn.Linear):
+        def __init__(self, i: int, o: int, scale: float = 1.0) -> None:
+            super().__init__(i, o)
+            self.scale = scale
+
+        def forward(self, x):
+            return super().forward(x) * self.scale
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).to(torch.bfloat16)
+    pruning = pk.Pruning(model, {"pruners": [{"pattern": "channel", "op_names": ["^0$"], "target_sparsity": 0.5}]})
+    pruning.prune_now()
+    pruning.finalize()
+    model.eval()
+    model[3].weight.requires_grad_(False)
+    pk.slim(model)
+    assert model[1].running_mean.dtype == torch.bfloat16 and model[0].weight.dtype == torch.bfloat16
+    assert not model.training and not model[3].weight.requires_grad
+    model(torch.randn(1, 3, 8, 8, dtype=torch.bfloat16))  # runs in bf16
+    mlp = nn.Sequential(Scaled(4, 8, scale=3.0), nn.ReLU(), Scaled(8, 4, scale=0.5))
+    seen = []
+    mlp[0].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    pruning = pk.Pruning(mlp, {"pruners": [{"pattern": "channel", "units": [{"outputs": ["^0$"], "inputs": ["^2$"]}], "target_sparsity": 0.5}]})
+    pruning.prune_now()
+    pruning.finalize()
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        masked = mlp(x)
+    pk.plan_slim(mlp, {"pruners": [{"pattern": "channel", "units": [{"outputs": ["^0$"], "inputs": ["^2$"]}], "target_sparsity": 0.5}]}).apply()
+    with torch.no_grad():
+        assert (mlp(x) - masked).abs().max().item() <= 1e-6
+    assert type(mlp[0]) is Scaled and mlp[0].scale == 3.0 and mlp[0].out_features == 4 and seen[-1] == (2, 4)
