@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["plot_schedules", "plot_layer_sparsity", "plot_sensitivity", "layer_sparsity_figure", "require_matplotlib"]
+__all__ = ["plot_schedules", "plot_layer_sparsity", "plot_sensitivity", "layer_sparsity_figure", "require_matplotlib", "save_figure"]
 
 
 def require_matplotlib() -> Any:
@@ -18,6 +18,17 @@ def require_matplotlib() -> Any:
     except ImportError as err:
         raise ImportError("plotting needs matplotlib: pip install 'prunekit[plot]'") from err
     return plt
+
+
+def save_figure(fig: Any, path: str | Path, tight: bool = True) -> Path:
+    """Write ``fig`` to ``path`` (PNG, SVG or PDF by its suffix; folders created) and close it."""
+    if tight:
+        fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    require_matplotlib().close(fig)
+    return path
 
 
 def plot_schedules(curves: Mapping[str, tuple[Any, float]], path: str | Path, title: str | None = None) -> Path:
@@ -41,12 +52,7 @@ def plot_schedules(curves: Mapping[str, tuple[Any, float]], path: str | Path, ti
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def layer_sparsity_figure(rows: Sequence[Any], pruned: set[str] | None = None, title: str | None = None) -> Any:
@@ -76,12 +82,7 @@ def layer_sparsity_figure(rows: Sequence[Any], pruned: set[str] | None = None, t
 
 def plot_layer_sparsity(rows: Sequence[Any], path: str | Path, pruned: set[str] | None = None, title: str | None = None) -> Path:
     """:func:`layer_sparsity_figure` written to ``path`` (PNG, SVG or PDF by its suffix)."""
-    fig = layer_sparsity_figure(rows, pruned, title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    require_matplotlib().close(fig)
-    return path
+    return save_figure(layer_sparsity_figure(rows, pruned, title), path, tight=False)
 
 
 def plot_sensitivity(result: Any, path: str | Path) -> Path:
@@ -98,9 +99,4 @@ def plot_sensitivity(result: Any, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     if len(result.layers) <= 40:
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

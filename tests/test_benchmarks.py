@@ -98,3 +98,20 @@ def test_sensitivity_benchmark_runs_or_says_what_it_needs():
     if done.stdout.startswith("skipped:"):
         return
     assert "uniform 60.0%" in done.stdout and "sensitivity 60.0%" in done.stdout
+
+
+def test_structured_benchmark_slims_the_cnn_and_times_it(tmp_path):
+    script = ROOT / "benchmarks" / "real_models" / "bench_structured.py"
+    args = [sys.executable, str(script), "--only", "cnn", "--quick", "--fashion-mnist", str(tmp_path / "absent"), "--out", str(tmp_path)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "latency only, on random inputs" in done.stdout and "multiply-adds of one forward pass" in done.stdout
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("CNN      dense", "CNN      masked", "CNN      slimmed"))]
+    assert [r[1] for r in rows[:3]] == ["dense", "masked", "slimmed"] and all(r[-1].endswith("x") for r in rows)
+
+
+def test_structure_discovery_benchmark_prints_its_table():
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_structure_discovery.py")], capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "ResNet-18-shaped       0 groups / 0 heads; 8 groups / 1920 channels; convs 16/20" in done.stdout

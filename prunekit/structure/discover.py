@@ -356,23 +356,18 @@ def declared_units(model: nn.Module, specs: Iterable[Any], where: str) -> list[U
         outputs, inputs, norms = find(spec.outputs, "outputs"), find(spec.inputs, "inputs"), find(spec.norms, "norms")
         members: list[Member] = []
         widths = set()
-        for name in outputs:
-            module = modules[name]
-            if not (_is_linear(module) or _is_conv1d(module) or isinstance(module, nn.Conv2d)):
-                raise PruningError(f"{here}.outputs: {name!r} is a {type(module).__name__}; declare Linear, Conv1D or Conv2d layers")
-            widths.add(_out_features(module))
-            members += _produce(name, module, spec.size)
+        for key, names in (("outputs", outputs), ("inputs", inputs)):
+            for name in names:
+                module = modules[name]
+                if not (_is_linear(module) or _is_conv1d(module) or isinstance(module, nn.Conv2d)):
+                    raise PruningError(f"{here}.{key}: {name!r} is a {type(module).__name__}; declare Linear, Conv1D or Conv2d layers")
+                widths.add(_out_features(module) if key == "outputs" else _in_features(module))
+                members += _produce(name, module, spec.size) if key == "outputs" else _consume(name, module, spec.size)
         for name in norms:
             module = modules[name]
             widths.add(getattr(module, "num_features", -1))
             members += [Member(name, p, 0, spec.size, "norm") for p in ("weight", "bias", "running_mean", "running_var")
                         if getattr(module, p, None) is not None]
-        for name in inputs:
-            module = modules[name]
-            if not (_is_linear(module) or _is_conv1d(module) or isinstance(module, nn.Conv2d)):
-                raise PruningError(f"{here}.inputs: {name!r} is a {type(module).__name__}; declare Linear, Conv1D or Conv2d layers")
-            widths.add(_in_features(module))
-            members += _consume(name, module, spec.size)
         if len(widths) != 1:
             raise PruningError(
                 f"{here}: the declared layers do not agree on the coupled width (outputs of {outputs}, inputs of {inputs}, "
