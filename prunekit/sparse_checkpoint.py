@@ -75,7 +75,7 @@ def _safetensors() -> Any:
     try:
         import safetensors.torch
     except ImportError:
-        raise ImportError("compact sparse checkpoints are safetensors files: pip install safetensors") from None
+        raise ImportError("compact sparse checkpoints are safetensors files: pip install 'prunekit[sparse]' (or safetensors)") from None
     return safetensors.torch
 
 

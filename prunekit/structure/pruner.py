@@ -245,8 +245,8 @@ class StructuredPruner(PrunerGroup):
         decided = {g.name: self.pruned_units[g.name].clone() for g in self.unit_groups}
         capped: list[str] = []
         if self.config.scope == "local":
-            for unit_group in self.unit_groups:
-                low, high = self._bounds(unit_group, ratio)
+            for unit_group in self.unit_groups:  # min_sparsity_per_op is a global-scope bound
+                high = self._bounds(unit_group, ratio)[1]
                 want = min(max(round(ratio * unit_group.units), 0), high)
                 self._take_lowest(decided[unit_group.name], scores[unit_group.name], want)
         else:
@@ -254,18 +254,18 @@ class StructuredPruner(PrunerGroup):
             total = sum(layer.numel for layer in self.layers)  # distinct weights (a conv in two chains counts once)
             budget = ratio * total
             bounds = {g.name: self._bounds(g, ratio) for g in self.unit_groups}
-            pruned = sum(int(decided[g.name].sum()) * numel[g.name] for g in self.unit_groups)
+            count = {g.name: int(decided[g.name].sum()) for g in self.unit_groups}
+            pruned = sum(count[g.name] * numel[g.name] for g in self.unit_groups)
             order = sorted(
                 ((float(scores[g.name][u]), i, u) for i, g in enumerate(self.unit_groups) for u in range(g.units) if not decided[g.name][u]),
             )
-            for score, i, u in order:
+            for _, i, u in order:  # lowest score first; ties: structure order, then unit order
                 unit_group = self.unit_groups[i]
                 size = numel[unit_group.name]
-                if pruned + size / 2 > budget:
-                    continue  # a smaller unit of another structure may still fit
-                if int(decided[unit_group.name].sum()) >= bounds[unit_group.name][1]:
-                    continue
+                if pruned + size / 2 > budget or count[unit_group.name] >= bounds[unit_group.name][1]:
+                    continue  # over budget (a smaller unit of another structure may still fit) or at the structure's bound
                 decided[unit_group.name][u] = True
+                count[unit_group.name] += 1
                 pruned += size
             for unit_group in self.unit_groups:
                 low, high = bounds[unit_group.name]
