@@ -1,13 +1,16 @@
-"""Describe the machine a benchmark ran on: CPU model, cores, torch version, device."""
+"""Describe the machine a benchmark ran on (CPU model, cores, torch version, device) and probe its memory.
+
+torch is imported only by :func:`machine_summary`: the memory probes serve processes that must
+change the allocator (:func:`unmap_freed_blocks`) before torch is loaded.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 
-import torch
-
-__all__ = ["machine_summary", "print_machine", "status_kib", "reset_peak"]
+__all__ = ["machine_summary", "print_machine", "status_kib", "reset_peak", "unmap_freed_blocks"]
 
 
 def _cpu_model() -> str:
@@ -43,8 +46,19 @@ def reset_peak() -> bool:
         return False
 
 
+def unmap_freed_blocks() -> bool:
+    """Make glibc return every freed block of 64 KiB or more to the OS at once (``M_MMAP_THRESHOLD``),
+    so that the resident set's high-water mark sees every temporary; False where glibc is not there."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16))  # M_MMAP_THRESHOLD = 64 KiB
+    except (OSError, AttributeError):
+        return False
+
+
 def machine_summary(device: str = "cpu") -> dict[str, str]:
     """CPU model, logical cores, torch threads, torch version and the device benchmarked."""
+    import torch
+
     dev = device
     if device.startswith("cuda") and torch.cuda.is_available():
         dev = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"

@@ -33,7 +33,6 @@ unstable (an op waits for a descheduled thread).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import functools
 import gc
 import json
@@ -50,27 +49,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import print_machine, reset_peak, status_kib  # noqa: E402
+from _machine import print_machine, reset_peak, status_kib, unmap_freed_blocks  # noqa: E402
 from prunekit.pruner import Pruning  # noqa: E402
 
 WIDTH, DEPTH, BATCH = 4096, 3, 32
 SCALES = {"10M": 1824, "50M": 4096, "200M": 8192}
-
-
-def _libc() -> ctypes.CDLL | None:
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def _fix_malloc() -> None:
-    """Make freed memory leave the RSS: big blocks are mmapped (and unmapped on free)."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD = 64 KiB
-
-
 
 
 def seconds(fn: Callable[[], object], device: str) -> float:
@@ -86,7 +69,7 @@ def seconds(fn: Callable[[], object], device: str) -> float:
 
 
 def peak_extra_mib(fn: Callable[[], object], device: str) -> float | None:
-    """Peak extra MiB of ``fn()``: CUDA allocator peak, or RSS high-water mark (after :func:`_fix_malloc`)."""
+    """Peak extra MiB of ``fn()``: CUDA allocator peak, or RSS high-water mark (after :func:`unmap_freed_blocks`)."""
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -436,7 +419,7 @@ def main() -> None:
     skip = set(filter(None, args.skip.split(",")))
     shape, dtypes = _single_args(args)
     if args.memory_child:
-        _fix_malloc()
+        unmap_freed_blocks()
         print(json.dumps({
             "updates": bench_updates(args.device, 1, memory=True) if "updates" not in skip else [],
             "scale": bench_scale(args.device, 1, memory=True) if "scale" not in skip else [],

@@ -124,7 +124,9 @@ class SensitivityResult:
     def to_config(self, target: float, scheduler: Any = None) -> PruningConfig:
         """A config with one group per layer at its allocated target (layers at 0 left out), each with
         its original group's pattern, criterion and scheduler (or ``scheduler``)."""
-        allocation = self.allocate(target)
+        return self._config_of(self.allocate(target), scheduler)
+
+    def _config_of(self, allocation: dict[str, float], scheduler: Any) -> PruningConfig:
         by_name = {layer.name: layer for layer in self.layers}
         pruners = []
         for name, ratio in allocation.items():
@@ -148,8 +150,8 @@ class SensitivityResult:
 
     def write_config(self, path: str | Path, target: float, scheduler: Any = None) -> Path:
         """Write :meth:`to_config` as YAML, with the measured allocation as a comment."""
-        config = self.to_config(target, scheduler)
         allocation = self.allocate(target)
+        config = self._config_of(allocation, scheduler)
         lines = [f"# per-layer targets from prunekit sensitivity: overall {target} of {sum(l.numel for l in self.layers):,} weights",
                  f"# baseline metric {self.baseline:.6g}; ratios measured {', '.join(f'{r:g}' for r in self.ratios)}"]
         lines += [f"#   {name}: {ratio:.4f}" for name, ratio in allocation.items()]

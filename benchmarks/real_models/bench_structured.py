@@ -21,12 +21,14 @@ thread. Names the machine. ``--quick`` is a smoke run (a few steps, few repeats)
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import os
 import pathlib
 import statistics
 import sys
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,6 +57,19 @@ def latency(model: nn.Module, inputs: dict | tuple, repeats: int) -> float:
             if i >= 2:  # two warm-up runs
                 times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def slim_copy(masked: nn.Module, inputs: dict | tuple) -> tuple[nn.Module, Any, float]:
+    """A slimmed copy of ``masked``, its report, and the largest output difference from ``masked`` on ``inputs``."""
+    def output(model: nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            out = model(**inputs) if isinstance(inputs, dict) else model(*inputs)
+        return getattr(out, "logits", out)
+
+    before = output(masked)
+    slimmed = copy.deepcopy(masked)
+    report = plan_slim(slimmed).apply(example_inputs=inputs)
+    return slimmed, report, (output(slimmed) - before).abs().max().item()
 
 
 def timing_rows(label: str, models: dict[str, nn.Module], inputs, batch: int, repeats: int) -> list[str]:
@@ -118,14 +133,7 @@ def minilm(args) -> list[str] | None:
     ids = torch.randint(1000, 20000, (32, 128), generator=torch.Generator().manual_seed(0))
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     acc_dense, acc_masked = accuracy(dense, held_out, collate), accuracy(masked, held_out, collate)
-    with torch.no_grad():
-        logits_masked = masked(**inputs).logits
-    import copy
-
-    slimmed = copy.deepcopy(masked)
-    report = plan_slim(slimmed).apply(example_inputs=inputs)
-    with torch.no_grad():
-        diff = (slimmed(**inputs).logits - logits_masked).abs().max().item()
+    slimmed, report, diff = slim_copy(masked, inputs)
     acc_slim = accuracy(slimmed, held_out, collate)
     print(report.table())
     heads = [r.kept for r in report.rows if r.kind == "head"]
@@ -253,14 +261,7 @@ def cnn(args) -> list[str]:
         torch.save(dense.state_dict(), saved / "dense.pt")
         torch.save(masked.state_dict(), saved / "masked.pt")
     x = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        before = masked(x)
-    import copy
-
-    slimmed = copy.deepcopy(masked)
-    report = plan_slim(slimmed).apply(example_inputs=(x,))
-    with torch.no_grad():
-        diff = (slimmed(x) - before).abs().max().item()
+    slimmed, report, diff = slim_copy(masked, (x,))
     print(report.table())
     print(f"CNN held-out accuracy: dense {acc(dense)}, masked {acc(masked)}, slimmed {acc(slimmed)}; max |logit| difference {diff:.2e}")
     return timing_rows("CNN", {"dense": dense, "masked": masked, "slimmed": slimmed}, (x,), 32, args.repeats)

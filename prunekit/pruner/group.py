@@ -185,7 +185,9 @@ class PrunerGroup:
                     f"{config.criterion!r} cannot score (a sparse gradient holds only the rows of one batch); use "
                     f"criterion: magnitude for this layer (a separate pruner group), or build it with sparse=False"
                 )
-            self.patterns[layer.name] = make_pattern(spec, layer.layout, where=where)
+            pattern = self._layer_pattern(spec, layer, where)
+            if pattern is not None:
+                self.patterns[layer.name] = pattern
         #: int8 masks, -1 = kept, 0 = pruned (1 byte per weight; see prunekit.pruner.masks)
         self.mask8: dict[str, torch.Tensor] = {layer.name: new_mask(layer.weight) for layer in layers}
         self._pairs = [(layer.weight, self.mask8[layer.name]) for layer in layers]
@@ -204,6 +206,11 @@ class PrunerGroup:
         self.regularizer: Regularizer | None = None
         if config.regularizer is not None:
             self.regularizer = REGULARIZERS.get(config.regularizer.type)(config.regularizer)
+
+    def _layer_pattern(self, spec: Any, layer: Layer, where: str) -> BlockPattern | NMPattern | None:
+        """The pattern object that scores and masks ``layer`` (None for a type that works on units of
+        several layers, see :class:`prunekit.structure.pruner.StructuredPruner`)."""
+        return make_pattern(spec, layer.layout, where=where)
 
     @property
     def pattern_label(self) -> str:

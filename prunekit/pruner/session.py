@@ -464,8 +464,13 @@ class Pruning:
             self._warned.add(key)
             warnings.warn(message, stacklevel=4)
 
+    @property
+    def _never_stepped(self) -> bool:
+        """No optimizer step observed and nothing pruned (by prune_now either)."""
+        return self._optimizer_steps_seen == 0 and not self.history
+
     def _warn_if_never_stepped(self) -> None:
-        if self._optimizer_steps_seen == 0 and not self.history:
+        if self._never_stepped:
             warnings.warn(
                 "no optimizer step was observed, so nothing was pruned: pass the optimizer to prepare_pruning() or "
                 "attach(optimizer), or call on_before_optimizer_step()/on_after_optimizer_step() around optimizer.step()",
@@ -473,7 +478,7 @@ class Pruning:
             )
 
     def _warn_if_schedule_unfinished(self) -> None:
-        if self._optimizer_steps_seen == 0 and not self.history:
+        if self._never_stepped:
             return  # warned by _warn_if_never_stepped
         unfinished = [g for g in self.groups if g.scheduler.last_event_step >= self._step]
         if unfinished:

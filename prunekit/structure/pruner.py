@@ -32,9 +32,8 @@ from torch import nn
 from prunekit.config import PrunerConfig
 from prunekit.errors import PruningError
 from prunekit.pruner.group import PrunerGroup, PruningRecord, _short
-from prunekit.pruner.masks import apply_mask_, mask_optimizer_state_, new_mask
+from prunekit.pruner.masks import apply_mask_, mask_optimizer_state_
 from prunekit.pruner.selection import Layer, Layout, _layout_of, _type_matches
-from prunekit.registry import CRITERIA, get_scheduler
 from prunekit.schedulers.base import PruningEvent
 from prunekit.structure.discover import declared_units, discover
 from prunekit.structure.units import Member, UnitGroup
@@ -112,14 +111,10 @@ class StructuredPruner(PrunerGroup):
     """The per-group pruner of ``pattern: head`` / ``pattern: channel`` (see the module docstring)."""
 
     def __init__(self, config: PrunerConfig, model: nn.Module, unit_groups: list[UnitGroup]) -> None:
-        self.config = config
-        self.name = str(config.name)
         self.model = model
         self.unit_groups = unit_groups
-        self._capped_warned: set[str] = set()
-        self.scheduler = get_scheduler(config.scheduler, max_sparsity_per_op=config.max_sparsity_per_op)
-        self.criterion = CRITERIA.get(config.criterion)()
-        self.layers: list[Layer] = []
+        layers: list[Layer] = []
+        #: layer name -> (module name, parameter name); a weight matrix may be a member of several structures
         self._param_of: dict[str, tuple[str, str]] = {}
         for unit_group in unit_groups:
             for member in unit_group.weight_members:
@@ -128,28 +123,16 @@ class StructuredPruner(PrunerGroup):
                     continue
                 module = model.get_submodule(member.module)
                 weight = getattr(module, member.param)
-                if weight.requires_grad is False and self.criterion.needs_grad:
-                    raise PruningError(
-                        f"pruner {self.name!r}, layer {name!r}: the weight is frozen and criterion {config.criterion!r} "
-                        f"needs gradients; use criterion: magnitude"
-                    )
                 self._param_of[name] = (member.module, member.param)
-                self.layers.append(Layer(name, module, weight, Layout(_layout_of(module, weight), tuple(weight.shape))))
+                layers.append(Layer(name, module, weight, Layout(_layout_of(module, weight), tuple(weight.shape))))
         self._layer_of = {(m, p): name for name, (m, p) in self._param_of.items()}
-        self.patterns = {}
-        self.mask8 = {layer.name: new_mask(layer.weight) for layer in self.layers}
-        self._pairs = [(layer.weight, self.mask8[layer.name]) for layer in self.layers]
-        self.scores = {}
+        super().__init__(config, layers)  # scheduler, criterion, masks, the frozen-weight check
+        self._layer_by_name = {layer.name: layer for layer in self.layers}
         self.unit_scores: dict[str, torch.Tensor] = {}
         self.pruned_units: dict[str, torch.Tensor] = {g.name: torch.zeros(g.units, dtype=torch.bool) for g in unit_groups}
-        self.ratio = 0.0
-        self.has_pruned = False
-        self._buffers = {}
-        self._last_event_step = self.scheduler.last_event_step
-        self._floored_at = None
-        self._accumulated_at = None
-        self.init_ratio = 0.0
-        self.regularizer = None
+
+    def _layer_pattern(self, spec: Any, layer: Layer, where: str) -> None:
+        return None  # units span several layers: scored and masked by unit, not by a per-layer pattern
 
     # ------------------------------------------------------------------ checks
     def check_layers(self) -> None:
@@ -196,7 +179,7 @@ class StructuredPruner(PrunerGroup):
             for member in unit_group.weight_members:
                 name = self._layer_of[(member.module, member.param)]
                 if name not in element_scores:
-                    layer = next(layer for layer in self.layers if layer.name == name)
+                    layer = self._layer_by_name[name]
                     grad = self._grad(layer, step) if self.criterion.needs_grad else None
                     element_scores[name] = self.criterion.score(layer.weight.detach(), grad).float()
                 view = member.unit_view(element_scores[name], unit_group.units)

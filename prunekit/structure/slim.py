@@ -69,11 +69,7 @@ class SlimPlan:
 
     def table(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
-        lines = [f"{'structure':<48} {'kind':<8} {'kept':>11}"]
-        lines += [f"{r.name or '<model>':<48} {r.kind:<8} {r.kept:>5} / {r.units:<5}" for r in self.rows]
-        removed = self.removed_params()
-        lines.append(f"parameters: {params:,} -> {params - removed:,} ({removed / params:.1%} removed)")
-        return "\n".join(lines)
+        return _structure_table(self.rows, params, params - self.removed_params())
 
     def apply(self, example_inputs: Any = None) -> "SlimReport":
         """Remove the units. With ``example_inputs`` (passed as ``model(*example_inputs)``,
@@ -156,9 +152,7 @@ class SlimReport:
     macs_after: int | None = None
 
     def table(self) -> str:
-        lines = [f"{'structure':<48} {'kind':<8} {'kept':>11}"]
-        lines += [f"{r.name or '<model>':<48} {r.kind:<8} {r.kept:>5} / {r.units:<5}" for r in self.rows]
-        lines.append(f"parameters: {self.params_before:,} -> {self.params_after:,} ({1 - self.params_after / self.params_before:.1%} removed)")
+        lines = [_structure_table(self.rows, self.params_before, self.params_after)]
         if self.macs_before == 0 or self.macs_after == 0:
             lines.append("multiply-adds: not counted (the forward pass ran fused kernels that torch.utils.flop_counter does not see)")
         elif self.macs_before is not None and self.macs_after is not None:
@@ -167,9 +161,12 @@ class SlimReport:
         return "\n".join(lines)
 
 
-def count_macs(model: nn.Module, example_inputs: Any) -> int:
-    """Multiply-adds of one forward pass (``torch.utils.flop_counter``: FLOPs / 2), in eval mode."""
-    return _forward(model, example_inputs)[0]
+def _structure_table(rows: Sequence[StructureRow], params_before: int, params_after: int) -> str:
+    """Units kept per structure, and the parameters before and after."""
+    lines = [f"{'structure':<48} {'kind':<8} {'kept':>11}"]
+    lines += [f"{r.name or '<model>':<48} {r.kind:<8} {r.kept:>5} / {r.units:<5}" for r in rows]
+    lines.append(f"parameters: {params_before:,} -> {params_after:,} ({1 - params_after / params_before:.1%} removed)")
+    return "\n".join(lines)
 
 
 def len_after(shape: list[int], dim: int, removed: set[int] | None) -> int:

@@ -18,45 +18,20 @@ chunk-sized scores and flags, the pruner's scratch buffers, the grid.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import sys
+from pathlib import Path
 
-
-def _libc_mmap_threshold() -> bool:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 1 << 16))  # M_MMAP_THRESHOLD = 64 KiB
-    except (OSError, AttributeError):
-        return False
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from _machine import reset_peak, status_kib, unmap_freed_blocks  # noqa: E402  (the benchmarks' probes; no torch import)
 
 
 def main() -> None:
-    if not _libc_mmap_threshold():
+    if not unmap_freed_blocks():
         print(json.dumps({"skip": "glibc mallopt(M_MMAP_THRESHOLD) is unavailable"}))
         return
-    if _status_kib("VmHWM") is None or not _reset_peak():
+    if status_kib("VmHWM") is None or not reset_peak():
         print(json.dumps({"skip": "/proc/self/clear_refs or VmHWM is unavailable"}))
         return
     import torch
@@ -86,12 +61,12 @@ def main() -> None:
         def step(session: pk.Pruning) -> tuple[int, int, int]:
             """One optimizer step of the session: (RSS before, peak, RSS after), KiB."""
             gc.collect()
-            before = _status_kib("VmRSS")
-            _reset_peak()
+            before = status_kib("VmRSS")
+            reset_peak()
             session.on_before_optimizer_step()
             session.on_after_optimizer_step()
-            peak = _status_kib("VmHWM")
-            return before, peak, _status_kib("VmRSS")
+            peak = status_kib("VmHWM")
+            return before, peak, status_kib("VmRSS")
 
         small, warm = prepared(64)  # warm-up: the same steps on a small layer
         for _ in range(3 if momentum else 1):
