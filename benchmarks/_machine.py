@@ -6,11 +6,47 @@ change the allocator (:func:`unmap_freed_blocks`) before torch is loaded.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
+import subprocess
+import sys
+import time
+from typing import Iterator
 
-__all__ = ["machine_summary", "print_machine", "status_kib", "reset_peak", "unmap_freed_blocks"]
+__all__ = ["machine_summary", "print_machine", "status_kib", "reset_peak", "unmap_freed_blocks", "busy_core", "BUSY_KINDS"]
+
+#: what the competing process of :func:`busy_core` runs: ``spin`` a pure-Python loop (a data-loader
+#: worker parsing, another job's interpreter), ``train`` one-thread matrix products and their
+#: backward (another training process: it also competes for memory bandwidth)
+BUSY_KINDS = {
+    "spin": "while True:\n    pass\n",
+    "train": (
+        "import torch\ntorch.set_num_threads(1)\nm = torch.nn.Linear(1024, 1024)\nx = torch.randn(256, 1024)\n"
+        "while True:\n    m(x).square().mean().backward()\n"
+    ),
+}
+
+
+@contextlib.contextmanager
+def busy_core(kind: str | None, core: int | None = None) -> Iterator[str]:
+    """Run a competing process (:data:`BUSY_KINDS`) pinned to one core (the last one this process may
+    use, unless ``core``) for the duration of the block; yields a description. ``None``: idle."""
+    if kind is None:
+        yield "idle"
+        return
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    core = allowed[-1] if core is None else core
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_KINDS[kind]])
+    try:
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(proc.pid, {core})
+        time.sleep(3.0 if kind == "train" else 0.5)  # let it start (the train loop imports torch first)
+        yield f"busy: a '{kind}' process pinned to core {core}"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _cpu_model() -> str:

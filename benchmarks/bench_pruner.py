@@ -24,10 +24,13 @@ one run per case (on CUDA, ``torch.cuda.max_memory_allocated`` in this process).
 that allocator setting would charge every temporary a fresh mmap, and measuring memory after the
 timing runs would let the update reuse their freed heap unseen.
 
-Run: ``python benchmarks/bench_pruner.py [--steps 4] [--rounds 3] [--threads 1] [--device cpu]
-[--skip steps,updates,scale,single] [--single-layer 16384x12288]``.
-``--threads`` defaults to 1: on a shared 2-core machine two threads per op make timings
-unstable (an op waits for a descheduled thread).
+Every section runs in every setting of ``--threads`` (default ``1,default``: one torch thread and
+torch's default, the machine's cores) x ``--load`` (default ``idle,busy``: busy = a competing
+process pinned to one core, started and stopped by the benchmark; ``--busy spin`` a Python loop,
+``--busy train`` a one-thread training loop); the run ends with a summary of the targets per setting.
+
+Run: ``python benchmarks/bench_pruner.py [--steps 4] [--rounds 3] [--threads 1,default] [--load idle,busy]
+[--busy spin|train] [--device cpu] [--skip steps,updates,scale,single,memory] [--single-layer 16384x12288]``.
 """
 
 from __future__ import annotations
@@ -49,10 +52,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import print_machine, reset_peak, status_kib, unmap_freed_blocks  # noqa: E402
+from _machine import BUSY_KINDS, busy_core, print_machine, reset_peak, status_kib, unmap_freed_blocks  # noqa: E402
 from prunekit.pruner import Pruning  # noqa: E402
 
 WIDTH, DEPTH, BATCH = 4096, 3, 32
+#: torch's thread count before the benchmark changes it (its default: the machine's cores, or OMP_NUM_THREADS)
+DEFAULT_THREADS = torch.get_num_threads()
 SCALES = {"10M": 1824, "50M": 4096, "200M": 8192}
 
 
@@ -380,7 +385,7 @@ def _single_args(args: argparse.Namespace) -> tuple[tuple[int, int], list[str]]:
     return (rows, cols), [d for d in args.single_layer_dtypes.split(",") if d]
 
 
-def _memory_runs(args: argparse.Namespace, skip: set[str]) -> tuple[list, list, list]:
+def _memory_runs(args: argparse.Namespace, skip: set[str], threads: int) -> tuple[list, list, list]:
     """The memory rows of :func:`bench_updates`, :func:`bench_scale` and :func:`bench_single`, from a
     ``--memory-child`` process."""
     if {"updates", "scale", "single"} <= skip:
@@ -390,7 +395,7 @@ def _memory_runs(args: argparse.Namespace, skip: set[str]) -> tuple[list, list, 
         return (bench_updates(args.device, 1, memory=True) if "updates" not in skip else [],
                 bench_scale(args.device, 1, memory=True) if "scale" not in skip else [],
                 bench_single(args.device, shape, dtypes, 1, memory=True) if "single" not in skip else [])
-    argv = [__file__, '--memory-child', '--threads', str(args.threads), '--device', args.device, '--skip', ','.join(skip),
+    argv = [__file__, '--memory-child', '--threads', str(threads), '--device', args.device, '--skip', ','.join(skip),
             '--single-layer', args.single_layer, '--single-layer-dtypes', args.single_layer_dtypes]
     code = (f"import sys; sys.argv = {argv!r}; "
             f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import bench_pruner as b; "
@@ -401,53 +406,29 @@ def _memory_runs(args: argparse.Namespace, skip: set[str]) -> tuple[list, list, 
             [tuple(r) for r in result["single"]])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4, help="timed training steps per variant and round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the step benchmark")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats of each mask update (median is shown)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (benchmark only)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip", default="", help="comma list of sections to skip: steps,updates,scale,single")
-    parser.add_argument("--single-layer", default=None, metavar="ROWSxCOLS",
-                        help="the single layer of the single-layer section (default: 16384x12288, 201M parameters, "
-                             "as many as the largest scale)")
-    parser.add_argument("--single-layer-dtypes", default="float32,bfloat16", help="weight dtypes of the single-layer section")
-    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    skip = set(filter(None, args.skip.split(",")))
-    shape, dtypes = _single_args(args)
-    if args.memory_child:
-        unmap_freed_blocks()
-        print(json.dumps({
-            "updates": bench_updates(args.device, 1, memory=True) if "updates" not in skip else [],
-            "scale": bench_scale(args.device, 1, memory=True) if "scale" not in skip else [],
-            "single": bench_single(args.device, shape, dtypes, 1, memory=True) if "single" not in skip else [],
-        }))
-        return
-    print_machine(args.device)
-    pruned_mib = DEPTH * WIDTH * WIDTH * 4 / 2**20
-    print(f"\nmodel: {DEPTH} x Linear({WIDTH}, {WIDTH}), batch {BATCH}; pruned weights {pruned_mib:.0f} MiB\n")
+def _thread_counts(spec: str) -> list[int]:
+    """``--threads``: a comma list of counts; ``default`` is torch's default here (the machine's cores)."""
+    counts = []
+    for part in filter(None, spec.split(",")):
+        n = DEFAULT_THREADS if part == "default" else int(part)
+        if n not in counts:
+            counts.append(n)
+    return counts
 
-    if "steps" not in skip:
-        steps = bench_steps(args.steps, args.rounds, args.device)
-        print(f"{'training step (median of %d rounds)' % args.rounds:<52} {'ms':>9} {'vs dense':>9}")
+
+def _print_tables(steps, update_times, update_mem, scale_times, scale_mem, single_times, single_mem, shape, rounds: int, repeats: int) -> None:
+    pruned_mib = DEPTH * WIDTH * WIDTH * 4 / 2**20
+    if steps:
+        print(f"{'training step (median of %d rounds)' % rounds:<52} {'ms':>9} {'vs dense':>9}")
         for name, t, ratio in steps:
             print(f"{name:<52} {t * 1e3:>9.1f} {(ratio - 1) * 100:>+8.1f}%")
-        sys.stdout.flush()
-
-    # times here with the normal allocator; memory in a child process (see the module docstring)
-    update_times = bench_updates(args.device, args.repeats, memory=False) if "updates" not in skip else []
-    scale_times = bench_scale(args.device, 2, memory=False) if "scale" not in skip else []
-    single_times = bench_single(args.device, shape, dtypes, 1, memory=False) if "single" not in skip else []
-    update_mem, scale_mem, single_mem = _memory_runs(args, skip)
 
     def frac(mib: float | None, nbytes: float) -> str:
         return f"{mib * 2**20 / nbytes:>8.2f}" if mib is not None else f"{'n/a':>8}"
 
     if update_times:
-        print(f"\n{'mask update (median of %d)' % args.repeats:<18} {'prunekit ms':>11} {'/pruned':>8} "
+        update_mem = update_mem or [(None, None, None, None)] * len(update_times)
+        print(f"\n{'mask update (median of %d)' % repeats:<18} {'prunekit ms':>11} {'/pruned':>8} "
               f"{'peer':<34} {'peer ms':>9} {'/pruned':>8} {'speed-up':>8}")
         for (label, t, peer, pt), (_, mib, _, pmib) in zip(update_times, update_mem):
             nbytes = pruned_mib * 2**20
@@ -456,11 +437,13 @@ def main() -> None:
         print("(/pruned: peak extra memory of the update, in units of the pruned weights' bytes; one run each)")
 
     if scale_times:
+        scale_mem = scale_mem or [(None, None, None)] * len(scale_times)
         print(f"\n{'scale (1x1 at 0.9, median of 2)':<24} {'params':>12} {'ms':>9} {'ns/param':>9} {'/pruned':>8}")
         for (label, n, t), (_, _, mib) in zip(scale_times, scale_mem):
             print(f"{label:<24} {n:>12,} {t * 1e3:>9.1f} {t / n * 1e9:>9.2f} {frac(mib, 4 * n)}")
 
     if single_times:
+        single_mem = single_mem or [(None, None, None)] * len(single_times)
         rows, cols = shape
         print(f"\nsingle layer: one Linear({cols}, {rows}), {rows * cols:,} parameters; one event, one run each")
         print(f"{'case':<34} {'dtype':<9} {'ms':>9} {'/weights':>8}")
@@ -468,6 +451,79 @@ def main() -> None:
             nbytes = rows * cols * getattr(torch, dtype_name).itemsize
             print(f"{label:<34} {dtype_name:<9} {t * 1e3:>9.1f} {frac(mib, nbytes)}")
         print("(/weights: peak extra memory of the event in units of the layer's weight bytes; the promise is 0.5)")
+
+
+def _summary(results: dict[tuple[int, str], dict]) -> None:
+    """One line per setting: the speed-ups of the four updates and the step overheads (the targets)."""
+    print("\nsummary (targets: updates >= 10x for 1x1 local/global, >= 5x for 4x1 and 2:4; "
+          "steps: magnitude <= +5%, snip_momentum <= +15%)")
+    labels = ["1x1 local", "1x1 global", "4x1 local", "2:4 local (0.5)"]
+    steps = ["SGD prunekit magnitude 1x1 (after last event)", "SGD prunekit snip_momentum 4x1 (in window)",
+             "AdamW prunekit magnitude 1x1 (after last event)", "AdamW prunekit snip_momentum 4x1 (in window)"]
+    print(f"{'threads':>7} {'load':<6} " + " ".join(f"{l:>16}" for l in labels) + " " + " ".join(f"{s.split()[0] + ' ' + s.split()[2]:>18}" for s in steps))
+    for (threads, load), r in results.items():
+        ups = {label: pt / t for label, t, _, pt in r["updates"]}
+        over = {name: ratio - 1 for name, _, ratio in r["steps"]}
+        cells = [f"{ups[l]:>15.1f}x" if l in ups else f"{'-':>16}" for l in labels]
+        cells += [f"{over[s] * 100:>+17.1f}%" if s in over else f"{'-':>18}" for s in steps]
+        print(f"{threads:>7} {load:<6} " + " ".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4, help="timed training steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the step benchmark")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of each mask update (median is shown)")
+    parser.add_argument("--threads", default="1,default",
+                        help="comma list of torch thread counts to run every table at ('default': torch's default here)")
+    parser.add_argument("--load", default="idle,busy",
+                        help="comma list: idle, busy (a competing process pinned to one core, started and stopped here)")
+    parser.add_argument("--busy", default="spin", choices=sorted(BUSY_KINDS), help="what the competing process runs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip", default="", help="comma list of sections to skip: steps,updates,scale,single,memory")
+    parser.add_argument("--single-layer", default=None, metavar="ROWSxCOLS",
+                        help="the single layer of the single-layer section (default: 16384x12288, 201M parameters, "
+                             "as many as the largest scale)")
+    parser.add_argument("--single-layer-dtypes", default="float32,bfloat16", help="weight dtypes of the single-layer section")
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    shape, dtypes = _single_args(args)
+    if args.memory_child:
+        torch.set_num_threads(int(args.threads))
+        unmap_freed_blocks()
+        print(json.dumps({
+            "updates": bench_updates(args.device, 1, memory=True) if "updates" not in skip else [],
+            "scale": bench_scale(args.device, 1, memory=True) if "scale" not in skip else [],
+            "single": bench_single(args.device, shape, dtypes, 1, memory=True) if "single" not in skip else [],
+        }))
+        return
+    threads = _thread_counts(args.threads)
+    loads = [load for load in args.load.split(",") if load]
+    if any(load not in ("idle", "busy") for load in loads):
+        parser.error(f"--load takes idle and/or busy, got {args.load!r}")
+    torch.set_num_threads(threads[0])
+    print_machine(args.device)
+    pruned_mib = DEPTH * WIDTH * WIDTH * 4 / 2**20
+    print(f"\nmodel: {DEPTH} x Linear({WIDTH}, {WIDTH}), batch {BATCH}; pruned weights {pruned_mib:.0f} MiB")
+
+    results: dict[tuple[int, str], dict] = {}
+    for n in threads:
+        # memory in a child process (module docstring), once per thread count: it does not depend on the load
+        memory = ([], [], []) if "memory" in skip else _memory_runs(args, skip, n)
+        for load in loads:
+            torch.set_num_threads(n)
+            with busy_core(args.busy if load == "busy" else None) as described:
+                print(f"\n=== {n} torch thread{'s' if n > 1 else ''}, {described} ===\n", flush=True)
+                steps = bench_steps(args.steps, args.rounds, args.device) if "steps" not in skip else []
+                update_times = bench_updates(args.device, args.repeats, memory=False) if "updates" not in skip else []
+                scale_times = bench_scale(args.device, 2, memory=False) if "scale" not in skip else []
+                single_times = bench_single(args.device, shape, dtypes, 1, memory=False) if "single" not in skip else []
+            _print_tables(steps, update_times, memory[0], scale_times, memory[1], single_times, memory[2], shape, args.rounds, args.repeats)
+            sys.stdout.flush()
+            results[(n, load)] = {"steps": steps, "updates": update_times}
+    if len(results) > 1 and not {"steps", "updates"} <= skip:
+        _summary(results)
 
 
 if __name__ == "__main__":

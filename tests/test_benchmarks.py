@@ -15,7 +15,7 @@ sys.path.insert(0, {bench!r})
 import bench_pruner as bench
 bench.WIDTH, bench.BATCH = 64, 4
 bench.SCALES = {{"tiny": 32, "small": 64}}
-sys.argv = ["bench_pruner.py", "--steps", "1", "--rounds", "1", "--repeats", "1"]
+sys.argv = ["bench_pruner.py", "--steps", "1", "--rounds", "1", "--repeats", "1", "--threads", "1,2", "--load", "idle,busy", "--skip", "single"]
 bench.main()
 """
 
@@ -26,14 +26,18 @@ def _run(code: str) -> str:
     return done.stdout
 
 
-def test_pruner_benchmark_prints_every_table() -> None:
+def test_pruner_benchmark_prints_every_table_in_every_setting() -> None:
     out = _run(SMALL_PRUNER_RUN.format(bench=str(ROOT / "benchmarks")))
     assert "torch" in out and "cores" in out.lower()  # the machine line
     for row in ("SGD dense", "AdamW prunekit snip_momentum 4x1 (in window)", "SGD torch.nn.utils.prune",
                 "1x1 global", "prune.global_unstructured 0.9", "2:4 local (0.5)", "small 1x1 global"):
-        assert row in out, row
+        assert out.count(row) >= 4, row  # once per setting
+    for setting in ("=== 1 torch thread, idle ===", "=== 2 torch threads, idle ===", "=== 1 torch thread, busy: a 'spin' process pinned"):
+        assert setting in out, setting
     update_rows = [line for line in out.splitlines() if line.startswith(("1x1 ", "4x1 ", "2:4 "))]
-    assert len(update_rows) == 4 and all(line.rstrip().endswith("x") for line in update_rows)
+    assert len(update_rows) == 16 and all(line.rstrip().endswith("x") for line in update_rows)
+    summary = out[out.index("summary (targets"):].splitlines()[2:]
+    assert [line.split()[:2] for line in summary] == [["1", "idle"], ["1", "busy"], ["2", "idle"], ["2", "busy"]]
 
 
 def test_gpu_benchmark_runs_or_says_why_not() -> None:

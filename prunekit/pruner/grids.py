@@ -23,13 +23,19 @@ is committed.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
 
 import torch
 
 from prunekit.pruner import masks as _masks
+from prunekit.pruner.parallel import MIN_EVENT_LAYER, parallel_map
 
-__all__ = ["BlockGrid", "TensorGrid", "StreamGrid", "RowGrid", "as_grid", "event_chunk", "row_ranges", "rows_view", "gather_2d", "pack_bits", "unpack_bits"]
+__all__ = [
+    "BlockGrid", "TensorGrid", "StreamGrid", "RowGrid", "as_grid", "event_chunk", "EVENT_CHUNKS", "map_chunks",
+    "row_ranges", "rows_view", "gather_2d", "pack_bits", "unpack_bits",
+]
+
+R = TypeVar("R")
 
 #: a part of a grid: (first block row, end block row, block scores [rows, grid cols] (flat for StreamGrid), extra)
 Part = tuple[int, int, torch.Tensor, Any]
@@ -53,6 +59,15 @@ class BlockGrid(Protocol):
     def chunk(self, start: int) -> torch.Tensor:
         """The chunk :meth:`chunks` yields at flat block offset ``start`` (a multiple of the chunk size)."""
 
+    def chunk_starts(self) -> list[int]:
+        """The flat block offsets of the chunks :meth:`chunks` yields, in order."""
+
+    def part_starts(self) -> list[int]:
+        """The first (block row or flat) index of each part :meth:`parts` yields, in order."""
+
+    def part(self, start: int) -> Part:
+        """The part :meth:`parts` yields at ``start``; computed in the calling thread's buffers."""
+
     def sample(self, stride: int) -> torch.Tensor:
         """Every ``stride``-th block score (flat order), a new tensor."""
 
@@ -60,15 +75,18 @@ class BlockGrid(Protocol):
     def device(self) -> torch.device: ...
 
 
+#: an event reads a layer in at most this many chunks: its number of operations per layer does not grow
+#: with the layer (thousands of small operations are what a busy core makes slow), while the
+#: chunk-sized temporaries (about ``FIXED_PER_CHUNK_ELEMENT`` = 12 bytes per chunk element) stay
+#: at most 12 / 32 bytes per weight (0.09x float32, 0.19x 16-bit weight bytes)
+EVENT_CHUNKS = 32
+
+
 def event_chunk(numel: int) -> int:
-    """Elements per chunk of an event on a layer of ``numel`` weights: ``_masks.CHUNK`` from ``32 * CHUNK``
-    weights (16M) on; smaller layers take ``numel / 64`` (at least ``CHUNK / 64``), so that the
-    chunk-sized temporaries of an event (scores, comparison flags, N:M rank words) stay a small
-    share of the layer's bytes too. Results do not depend on the chunk size."""
-    chunk = _masks.CHUNK
-    if numel >= 32 * chunk:
-        return chunk
-    return max(min(chunk, numel // 64), max(1, chunk // 64))
+    """Elements per chunk of an event on a layer of ``numel`` weights: ``numel / EVENT_CHUNKS`` (rounded
+    up), at least ``CHUNK / 64`` (8K: below that an operation costs more to dispatch than to run).
+    Results do not depend on the chunk size."""
+    return max(-(-numel // EVENT_CHUNKS), max(1, _masks.CHUNK // 64))
 
 
 def _chunk_size(grid: object) -> int:
@@ -94,20 +112,26 @@ class TensorGrid:
         self.step = step if step is not None else max(1, self.chunk_size // max(cols, 1))
         self.extra = extra
 
+    def part_starts(self) -> list[int]:
+        return list(range(0, self.shape[0], self.step))
+
+    def part(self, start: int) -> Part:
+        stop = min(start + self.step, self.shape[0])
+        return start, stop, self.grid[start:stop], None if self.extra is None else self.extra[start:stop]
+
     def parts(self) -> Iterator[Part]:
-        rows = self.shape[0]
-        for g0 in range(0, rows, self.step):
-            g1 = min(g0 + self.step, rows)
-            yield g0, g1, self.grid[g0:g1], None if self.extra is None else self.extra[g0:g1]
+        return map(self.part, self.part_starts())
 
     @property
     def device(self) -> torch.device:
         return self.grid.device
 
+    def chunk_starts(self) -> list[int]:
+        return list(range(0, self.blocks, self.chunk_size))
+
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        size = self.chunk_size
-        for start in range(0, self.blocks, size):
-            yield start, self.flat[start : start + size]
+        for start in self.chunk_starts():
+            yield start, self.chunk(start)
 
     def chunk(self, start: int) -> torch.Tensor:
         return self.flat[start : start + self.chunk_size]
@@ -145,15 +169,23 @@ class StreamGrid:
     def device(self) -> torch.device:
         return self._device
 
+    def chunk_starts(self) -> list[int]:
+        return list(range(0, self.blocks, self.chunk_size))
+
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        size = self.chunk_size
-        for start in range(0, self.blocks, size):
-            yield start, self._score(start, min(start + size, self.blocks))
+        for start in self.chunk_starts():
+            yield start, self.chunk(start)
+
+    def part_starts(self) -> list[int]:
+        return self.chunk_starts()
+
+    def part(self, start: int) -> Part:
+        """``(start, stop, scores, None)``: a flat element range (the layer's 2-D view is contiguous)."""
+        chunk = self.chunk(start)
+        return start, start + chunk.numel(), chunk, None
 
     def parts(self) -> Iterator[Part]:
-        """``(start, stop, scores, None)``: flat element ranges (the layer's 2-D view is contiguous)."""
-        for start, chunk in self.chunks():
-            yield start, start + chunk.numel(), chunk, None
+        return map(self.part, self.part_starts())
 
     def chunk(self, start: int) -> torch.Tensor:
         return self._score(start, min(start + self.chunk_size, self.blocks))
@@ -202,16 +234,23 @@ class RowGrid:
     def device(self) -> torch.device:
         return self._device
 
+    def part_starts(self) -> list[int]:
+        return list(range(0, self.shape[0], self.step))
+
+    def part(self, start: int) -> Part:
+        stop = min(start + self.step, self.shape[0])
+        scores, extra = self._score_rows(start, stop)
+        return start, stop, scores, extra
+
     def parts(self) -> Iterator[Part]:
-        rows = self.shape[0]
-        for g0 in range(0, rows, self.step):
-            g1 = min(g0 + self.step, rows)
-            scores, extra = self._score_rows(g0, g1)
-            yield g0, g1, scores, extra
+        return map(self.part, self.part_starts())
+
+    def chunk_starts(self) -> list[int]:
+        return [g0 * self.shape[1] for g0 in self.part_starts()]
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        for g0, _, scores, _ in self.parts():
-            yield g0 * self.shape[1], scores.reshape(-1)
+        for start in self.chunk_starts():
+            yield start, self.chunk(start)
 
     def chunk(self, start: int) -> torch.Tensor:
         g0 = start // self.shape[1]
@@ -219,6 +258,28 @@ class RowGrid:
 
     def sample(self, stride: int) -> torch.Tensor:
         return self._sample(stride)
+
+
+def map_chunks(grids: Sequence[BlockGrid], fn: Callable[[int, int, torch.Tensor], R]) -> list[list[R]]:
+    """``fn(grid index, start, chunk)`` for every chunk of every grid; per grid, the results in chunk order.
+
+    Grids run in parallel, each on one thread (:func:`~prunekit.pruner.parallel.parallel_map`), its
+    chunks in order: the chunk-sized temporaries of the grids in flight are each a small share of
+    their own layer, so an event's extra memory stays bounded by the layers' bytes whatever the
+    number of threads (chunks of one layer in parallel would multiply it). Each chunk is read in the
+    worker's buffers, so ``fn`` must be done with it when it returns.
+    """
+    def one(gi: int) -> list[R]:
+        return [fn(gi, start, chunk) for start, chunk in grids[gi].chunks()]
+
+    sizes = [_elements_of(g) for g in grids]
+    return parallel_map(one, list(range(len(grids))), sizes, [g.device for g in grids], MIN_EVENT_LAYER)
+
+
+def _elements_of(grid: BlockGrid) -> int:
+    """About how many weights ``grid`` scores (its blocks times their size)."""
+    pattern = grid.pattern
+    return grid.blocks * max(1, int(getattr(pattern, "m", None) or getattr(pattern, "block_numel", 1)))  # N:M: groups of m
 
 
 def row_ranges(rows: int, r: int, per: int) -> Iterator[tuple[int, int]]:

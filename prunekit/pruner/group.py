@@ -26,7 +26,6 @@ from prunekit.pruner.grids import (
     RowGrid,
     StreamGrid,
     TensorGrid,
-    _chunk_size,
     event_chunk,
     gather_2d,
     pack_bits,
@@ -35,6 +34,7 @@ from prunekit.pruner.grids import (
     unpack_bits,
 )
 from prunekit.pruner import masks as _masks
+from prunekit.pruner.parallel import MIN_EVENT_LAYER, parallel_map, thread_key
 from prunekit.pruner.masks import (
     apply_mask_,
     floor_second_moments_,
@@ -45,6 +45,7 @@ from prunekit.pruner.masks import (
     new_mask,
     second_moment_refresh_period,
     zero_pruned_,
+    zero_pruned_many_,
 )
 from prunekit.pruner.patterns import PRUNED, BlockPattern, NMPattern, make_pattern
 from prunekit.pruner.scope import choose_blocks, element_budget, global_choice
@@ -195,7 +196,7 @@ class PrunerGroup:
         #: the sparsity ratio in force (the last event's target)
         self.ratio = 0.0
         self.has_pruned = False
-        self._buffers: dict[tuple[torch.device, str], torch.Tensor] = {}
+        self._buffers: dict[tuple[torch.device, str, int], torch.Tensor] = {}
         self._last_event_step = self.scheduler.last_event_step  # events() builds a tuple: not per step
         #: optimizer step at which Adam/AdamW second moments of pruned weights were last floored (see masks)
         self._floored_at: int | None = None
@@ -376,15 +377,21 @@ class PrunerGroup:
 
     def mask_grads(self) -> None:
         """Zero the gradients of the pruned weights (nothing before the first pruned weight)."""
-        if self.has_pruned:
-            for weight, mask in self._pairs:
-                mask_grad_(weight, mask)
+        if not self.has_pruned:
+            return
+        dense = []
+        for weight, mask in self._pairs:
+            grad = weight.grad
+            if grad is not None and grad.layout == torch.strided:
+                dense.append((grad, mask))
+            else:
+                mask_grad_(weight, mask)  # no gradient, or a sparse one
+        zero_pruned_many_(dense)
 
     def reapply(self) -> None:
         """Apply every mask to its weight again (after an optimizer step)."""
         if self.has_pruned:
-            for weight, mask in self._pairs:
-                apply_mask_(weight, mask)
+            zero_pruned_many_([(weight.data, mask) for weight, mask in self._pairs])
 
     def _grad(self, layer: Layer, step: int) -> torch.Tensor | None:
         grad = layer.weight.grad
@@ -418,75 +425,104 @@ class PrunerGroup:
     def _scratch(self, device: torch.device, numel: int, purpose: str = "scores") -> torch.Tensor:
         """A float32 buffer of at least ``numel`` elements on ``device``, shared by the layers (no per-step allocation).
 
-        ``purpose`` names independent buffers (element scores, and their block reduction).
+        ``purpose`` names independent buffers (element scores, and their block reduction). One set per
+        thread: layers run on several threads (:func:`~prunekit.pruner.parallel.parallel_map`), and a
+        grid takes its buffer when it is read, in the thread that reads it.
         """
-        key = (device, purpose)
+        key = (device, purpose, thread_key())
         buf = self._buffers.get(key)
         if buf is None or buf.numel() < numel:
             buf = self._buffers[key] = torch.empty(numel, dtype=torch.float32, device=device)
         return buf[:numel]
 
+    def _release_event_buffers(self) -> None:
+        """After an event: drop the scratch buffers of other threads and those larger than a per-step
+        chunk, so that only the calling thread's per-step buffers stay between events."""
+        me = thread_key()
+        for key in [k for k, buf in self._buffers.items() if k[2] != me or buf.numel() > _masks.CHUNK]:
+            del self._buffers[key]
+
     @torch.no_grad()
     def _accumulate(self, step: int, mask_grads: bool) -> None:
         """Fold this step's block-reduced scores into ``self.scores`` (optionally masking the gradients in the same pass).
 
-        Row chunks of about ``_masks.CHUNK`` elements, for every layout; blocks taller than a chunk
-        (``channelx1``) are reduced chunk by chunk into their block row before it is accumulated.
+        Row chunks of about ``_masks.CHUNK`` elements, for every layout, in parallel
+        (:func:`~prunekit.pruner.parallel.parallel_map`); blocks taller than a chunk (``channelx1``)
+        are reduced chunk by chunk into their block row (one work item per block row) before it is
+        accumulated.
         """
-        reduce = self.config.reduce
-        for layer in self.layers:
-            grad = self._grad(layer, step)
+        grads = [self._grad(layer, step) for layer in self.layers]  # every layer has one before any is touched
+        items: list[tuple[Layer, torch.Tensor, bool, list[tuple[int, int]]]] = []
+        for layer, grad in zip(self.layers, grads):
             pattern = self.patterns[layer.name]
-            mask = self.mask8[layer.name]
-            device = layer.weight.device
-            acc = self.scores.get(layer.name)
-            if acc is None:
-                acc = self.scores[layer.name] = torch.zeros(_res_shape(pattern), dtype=torch.float32, device=device)
+            if layer.name not in self.scores:
+                self.scores[layer.name] = torch.zeros(_res_shape(pattern), dtype=torch.float32, device=layer.weight.device)
             streamable = self._streamable(layer, grad)
             if mask_grads and not streamable:
-                mask_grad_(layer.weight, mask)
-            rows, cols = layer.layout.rows, layer.layout.cols
-            wv, gv = rows_view(layer.weight.detach(), layer.layout.kind), rows_view(grad, layer.layout.kind)
-            per = self._chunk_rows(layer)
-            scratch = self._scratch(device, min(per, rows) * cols)
-            blocks = isinstance(pattern, BlockPattern) and pattern.block_numel > 1
-            r = _row_block(pattern)
-            tall = r > per
-            if blocks:
-                reduced = self._scratch(device, (1 if tall else -(-min(per, rows) // r)) * pattern.grid_cols, "blocks")
-                fold = None
-            # this loop runs every step: the gradient masking goes straight to the widening AND when it can
-            int_dtype = _masks.INT_OF_SIZE.get(grad.element_size())
-            fast_mask = (
-                mask_grads and streamable and grad.device.type == "cpu" and grad.is_floating_point()
-                and int_dtype is not None and per * cols <= _masks.CHUNK
-            )
+                mask_grad_(layer.weight, self.mask8[layer.name])
+            per, r = self._chunk_rows(layer), _row_block(pattern)
+            ranges = list(row_ranges(layer.layout.rows, r, per))
+            if r > per:  # a block row folded over several chunks: one item, in order
+                for a0 in range(0, layer.layout.rows, r):
+                    items.append((layer, grad, streamable and mask_grads, [(a, b) for a, b in ranges if a0 <= a < a0 + r]))
+            else:
+                items.extend((layer, grad, streamable and mask_grads, [rng]) for rng in ranges)
+        parallel_map(
+            lambda item: self._accumulate_rows(*item),
+            items,
+            [sum(b - a for a, b in item[3]) * item[0].layout.cols for item in items],
+            [item[0].weight.device for item in items],
+        )
+
+    def _accumulate_rows(self, layer: Layer, grad: torch.Tensor, mask_grads: bool, ranges: list[tuple[int, int]]) -> None:
+        """:meth:`_accumulate` for the row ranges ``ranges`` of one layer (``mask_grads``: zero their pruned
+        gradients in the same pass; the gradient is streamable)."""
+        reduce = self.config.reduce
+        pattern = self.patterns[layer.name]
+        mask = self.mask8[layer.name]
+        device = layer.weight.device
+        acc = self.scores[layer.name]
+        rows, cols = layer.layout.rows, layer.layout.cols
+        wv, gv = rows_view(layer.weight.detach(), layer.layout.kind), rows_view(grad, layer.layout.kind)
+        per = self._chunk_rows(layer)
+        scratch = self._scratch(device, min(per, rows) * cols)
+        blocks = isinstance(pattern, BlockPattern) and pattern.block_numel > 1
+        r = _row_block(pattern)
+        tall = r > per
+        if blocks:
+            reduced = self._scratch(device, (1 if tall else -(-min(per, rows) // r)) * pattern.grid_cols, "blocks")
+            fold = None
+        # this runs every step: the gradient masking goes straight to the widening AND when it can
+        int_dtype = _masks.INT_OF_SIZE.get(grad.element_size())
+        fast_mask = (
+            mask_grads and grad.device.type == "cpu" and grad.is_floating_point() and int_dtype is not None and per * cols <= _masks.CHUNK
+        )
+        if fast_mask:
+            g_bits, m_flat = grad.view(int_dtype).view(-1), mask.view(-1)
+            widened = _masks.widen_buffer(grad.device, int_dtype)
+        for a, b in ranges:
             if fast_mask:
-                g_bits, m_flat = grad.view(int_dtype).view(-1), mask.view(-1)
-                widened = _masks.widen_buffer(grad.device, int_dtype)
-            for a, b in row_ranges(rows, r, per):
-                if fast_mask:
-                    _masks.and_widened_(g_bits[a * cols : b * cols], m_flat[a * cols : b * cols], widened)
-                elif mask_grads and streamable:
-                    zero_pruned_(gv[a:b], mask[a:b])
-                wa = wv[a:b]
-                out = scratch[: (b - a) * cols].view(wa.shape)
-                s = self.criterion.score(wa, gv[a:b], out=out).reshape(b - a, cols)
-                if blocks and not tall:
-                    target = acc[a // r : -(-b // r)]
-                    res = pattern.rows_pattern(b - a).resolution(s, reduce, out=reduced[: target.numel()].view(target.shape))
-                    self.criterion.accumulate(target, res)
-                elif blocks:  # a part of one block row taller than a chunk
-                    a0 = a // r * r
-                    if a == a0:
-                        fold = pattern.fold(min(a0 + r, rows) - a0, reduce)
-                    fold.add(s)
-                    if b == min(a0 + r, rows):
-                        row = reduced[: pattern.grid_cols].view(1, -1)
-                        fold.finish(row)
-                        self.criterion.accumulate(acc[a // r : a // r + 1], row)
-                else:
-                    self.criterion.accumulate(acc[a:b], s)
+                _masks.and_widened_(g_bits[a * cols : b * cols], m_flat[a * cols : b * cols], widened)
+            elif mask_grads:
+                zero_pruned_(gv[a:b], mask[a:b])
+            wa = wv[a:b]
+            out = scratch[: (b - a) * cols].view(wa.shape)
+            s = self.criterion.score(wa, gv[a:b], out=out).reshape(b - a, cols)
+            if blocks and not tall:
+                target = acc[a // r : -(-b // r)]
+                res = pattern.rows_pattern(b - a).resolution(s, reduce, out=reduced[: target.numel()].view(target.shape))
+                self.criterion.accumulate(target, res)
+            elif blocks:  # a part of one block row taller than a chunk
+                a0 = a // r * r
+                if a == a0:
+                    fold = pattern.fold(min(a0 + r, rows) - a0, reduce)
+                fold.add(s)
+                if b == min(a0 + r, rows):
+                    row = reduced[: pattern.grid_cols].view(1, -1)
+                    fold.finish(row)
+                    self.criterion.accumulate(acc[a // r : a // r + 1], row)
+            else:
+                self.criterion.accumulate(acc[a:b], s)
 
     # ------------------------------------------------------------------ events
     @torch.no_grad()
@@ -590,11 +626,10 @@ class PrunerGroup:
         m = self.mask8[layer.name].view(-1)
         acc = self.scores[layer.name].view(-1) if self.criterion.accumulates else None
         size = event_chunk(w.numel())
-        scratch = self._scratch(w.device, min(size, w.numel()))
         criterion = self.criterion
 
         def score(start: int, stop: int) -> torch.Tensor:
-            out = scratch[: stop - start]
+            out = self._scratch(w.device, min(size, w.numel()))[: stop - start]
             if acc is not None:
                 out.copy_(acc[start:stop])
             else:
@@ -641,7 +676,6 @@ class PrunerGroup:
         any_pruned = int(torch.count_nonzero(mask)) < mask.numel()
         size = event_chunk(layer.numel)
         per = self._chunk_rows(layer, size)
-        scratch = self._scratch(device, min(per, rows) * cols)
         nm = isinstance(pattern, NMPattern)
         r = 1 if nm else pattern.r
         tall = r > per
@@ -650,8 +684,8 @@ class PrunerGroup:
         block_acc = acc is not None and not nm  # accumulated scores at block resolution: the grid itself
 
         def scores(a: int, b: int) -> torch.Tensor:
-            """float32 element scores of rows ``a:b``, ``[b - a, cols]`` (in the scratch buffer)."""
-            out = scratch[: (b - a) * cols]
+            """float32 element scores of rows ``a:b``, ``[b - a, cols]`` (in the reading thread's scratch buffer)."""
+            out = self._scratch(device, min(per, rows) * cols)[: (b - a) * cols]
             if acc is not None:
                 return out.view(b - a, cols).copy_(acc[a:b])
             wa = wv[a:b]
@@ -717,7 +751,6 @@ class PrunerGroup:
             tensor_grid.known_pruned = None if any_pruned else 0
             return tensor_grid
 
-        dest_buf = self._scratch(device, step * gc, "blocks")
         stay_buf = pattern.new_stay(step, device) if nm else None
         # N:M read more than once (a threshold search): which weights of each group stay is kept from the
         # first read (one byte per group), so later reads sum the N lowest without ranking them again
@@ -728,7 +761,7 @@ class PrunerGroup:
             ranked = [False] * -(-gr // step)
 
         def score_rows(g0: int, g1: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-            dest = dest_buf[: (g1 - g0) * gc].view(g1 - g0, gc)
+            dest = self._scratch(device, step * gc, "blocks")[: (g1 - g0) * gc].view(g1 - g0, gc)
             if not nm:
                 return block_rows(g0, g1, dest), None
             if ranked is None:
@@ -763,9 +796,9 @@ class PrunerGroup:
             return values
 
         def sample(stride: int) -> torch.Tensor:
-            """Scores of every ``stride``-th block (flat order), gathered from the weights in pieces
-            (a guide for the threshold search, which then counts exactly)."""
-            piece = 4096 * stride
+            """Scores of every ``stride``-th block (flat order), gathered from the weights in at most 4
+            pieces of at least 4096 samples (a guide for the threshold search, which then counts exactly)."""
+            piece = max(4096, -(-gr * gc // stride // 4)) * stride
             parts = [sample_at(torch.arange(a, min(a + piece, gr * gc), stride, device=device)) for a in range(0, gr * gc, piece)]
             return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float32, device=device)
 
@@ -779,13 +812,25 @@ class PrunerGroup:
         optimizer state unless ``apply`` is False (a type that zeroes them later, see ``progressive``)."""
         cfg = self.config
         checked = self._check_finite(step)  # before any mask changes
+        # layers in parallel, each on one thread (parallel.py), except when broadcasts must keep one order
+        sizes, devices = [l.numel for l in self.layers], [l.weight.device for l in self.layers]
+
+        def each_layer(fn: Any, items: list[Any]) -> None:
+            if sync:
+                for item in items:
+                    fn(item)
+            else:
+                parallel_map(fn, items, sizes, devices, MIN_EVENT_LAYER)
+
         if cfg.scope == "local":
-            for layer in self.layers:
+
+            def prune_layer(layer: Layer) -> None:
                 high = math.floor(cfg.max_sparsity_per_op * layer.numel + 1e-9)
                 budget = element_budget(ratio, layer.numel)
                 grid = self._grid(layer, step, ordered=min(budget, high) < self._prunable(layer), checked=checked)
                 self._set_mask(layer, grid, budget, optimizers, sync, high=high, apply=apply)
-                del grid
+
+            each_layer(prune_layer, self.layers)
         else:
             numels = [layer.numel for layer in self.layers]
             total = element_budget(ratio, sum(numels))
@@ -793,14 +838,23 @@ class PrunerGroup:
             high = [math.floor(cfg.max_sparsity_per_op * n + 1e-9) for n in numels]
             prunable = [self._prunable(layer) for layer in self.layers]
             every = total >= sum(prunable) and all(h >= p for h, p in zip(high, prunable))
-            grids = [self._grid(layer, step, ordered=not every, checked=checked) for layer in self.layers]
+            grids = parallel_map(
+                lambda layer: self._grid(layer, step, ordered=not every, checked=checked), self.layers, sizes, devices, MIN_EVENT_LAYER
+            )
             budgets, threshold, counts = global_choice(grids, [self.patterns[l.name] for l in self.layers], total, low, high)
-            for i, (layer, grid, budget, lo, hi) in enumerate(zip(self.layers, grids, budgets, low, high)):
+
+            def commit_layer(i: int) -> None:
                 hint_counts = None if counts is None else counts[i]
-                self._set_mask(layer, grid, budget, optimizers, sync, low=lo, high=hi, hint=threshold, hint_counts=hint_counts, apply=apply)
+                self._set_mask(
+                    self.layers[i], grids[i], budgets[i], optimizers, sync, low=low[i], high=high[i], hint=threshold,
+                    hint_counts=hint_counts, apply=apply,
+                )
                 grids[i] = None  # type: ignore[call-overload]  # its scores are not needed any more
+
+            each_layer(commit_layer, list(range(len(self.layers))))
             del grids
             self._warn_capped(step, [l.name for l, b, h, p in zip(self.layers, budgets, high, prunable) if 0 < h < p and b >= h])
+        self._release_event_buffers()
         self.ratio = ratio
         kept = torch.stack([torch.count_nonzero(m) for m in self.mask8.values()]).tolist()
         counts_pruned = {name: m.numel() - int(k) for (name, m), k in zip(self.mask8.items(), kept)}
@@ -866,12 +920,11 @@ class PrunerGroup:
         nm = isinstance(pattern, NMPattern)
         r = 1 if nm or flat else pattern.r
         gc = grid.shape[1]
-        buf = torch.empty(max(_chunk_size(grid), getattr(grid, "step", 0) * gc), dtype=torch.int8, device=mask.device)
 
         def decide(start: int, stop: int, scores: torch.Tensor, extra: Any) -> torch.Tensor:
             """int8 0/1 keep of a part: its weights (flat ranges, N:M) or blocks."""
             offset = start if flat else start * gc
-            keep = choice.keep(offset, scores, out=buf[: scores.numel()].view(scores.shape))
+            keep = choice.keep(offset, scores, out=torch.empty(scores.shape, dtype=torch.int8, device=mask.device))
             return pattern.element_keep(keep, extra) if nm else keep
 
         def commit(start: int, stop: int, keep: torch.Tensor) -> None:
@@ -889,7 +942,7 @@ class PrunerGroup:
             import torch.distributed as dist
 
             spans, packed = [], []
-            for start, stop, scores, extra in grid.parts():
+            for start, stop, scores, extra in grid.parts():  # in the calling thread: collectives keep one order
                 keep = decide(start, stop, scores, extra)
                 spans.append((start, stop, keep.shape))
                 packed.append(pack_bits(keep))
@@ -906,8 +959,9 @@ class PrunerGroup:
             for start, stop, scores, extra in grid.parts():
                 commit(start, stop, decide(start, stop, scores, extra))
         if apply:
-            apply_mask_(layer.weight, mask)
-            mask_optimizer_state_(optimizers, layer.weight, mask)
+            chunk = event_chunk(layer.numel)
+            apply_mask_(layer.weight, mask, chunk)
+            mask_optimizer_state_(optimizers, layer.weight, mask, chunk)
             self._floored_at = None  # new pruned entries: floor their second moments after this event
 
     # ------------------------------------------------------------------ state

@@ -34,9 +34,13 @@ price of correctness for any optimizer. :func:`reapply_needed` decides.
 from __future__ import annotations
 
 import math
+import struct
+import threading
 from typing import Iterable
 
 import torch
+
+from prunekit.pruner.parallel import parallel_map
 
 __all__ = [
     "KEPT",
@@ -52,6 +56,7 @@ __all__ = [
     "pruned_bool",
     "EXACT_ZERO_OPTIMIZERS",
     "CHUNK",
+    "zero_pruned_many_",
 ]
 
 #: optimizers whose update of a weight with zero value, zero gradient and zero state is exactly 0
@@ -63,7 +68,8 @@ KEPT = -1
 CHUNK = 1 << 19
 
 INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-_buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+#: the widening buffers, one set per thread (layers are masked on several threads, see ``parallel``)
+_local = threading.local()
 
 
 def new_mask(weight: torch.Tensor) -> torch.Tensor:
@@ -81,21 +87,35 @@ def pruned_bool(mask: torch.Tensor) -> torch.Tensor:
     return mask == 0
 
 
-def widen_buffer(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The cached CPU buffer a mask chunk is widened into (one per device and integer dtype)."""
+def widen_buffer(device: torch.device, dtype: torch.dtype, numel: int | None = None) -> torch.Tensor:
+    """The buffer a mask chunk of up to ``numel`` elements is widened into: the calling thread's cached
+    one (``CHUNK`` elements, per device and integer dtype), or a new one when ``numel`` is larger."""
+    numel = CHUNK if numel is None else numel
+    if numel > CHUNK:
+        return torch.empty(numel, dtype=dtype, device=device)
+    buffers = getattr(_local, "buffers", None)
+    if buffers is None:
+        buffers = _local.buffers = {}
     key = (device, dtype)
-    buf = _buffers.get(key)
-    if buf is None or buf.numel() < CHUNK:
-        buf = _buffers[key] = torch.empty(CHUNK, dtype=dtype, device=device)
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < numel:
+        buf = buffers[key] = torch.empty(CHUNK, dtype=dtype, device=device)
     return buf
 
 
+def clear_buffers() -> None:
+    """Free the calling thread's widening buffers (tests that change :data:`CHUNK` call it)."""
+    _local.buffers = {}
+
+
 @torch.no_grad()
-def zero_pruned_(t: torch.Tensor, mask: torch.Tensor) -> None:
+def zero_pruned_(t: torch.Tensor, mask: torch.Tensor, chunk: int | None = None) -> None:
     """``t[mask == 0] = 0`` in place, exactly (NaN/inf included); ``mask`` is an int8 mask of ``t``'s shape.
 
     ``t`` keeps its identity. Fast path: ``t`` and ``mask`` contiguous and ``t`` of a 2/4/8-byte
-    floating (or integer) dtype; otherwise a ``masked_fill_`` with a temporary bool mask.
+    floating (or integer) dtype; otherwise a ``masked_fill_`` with a temporary bool mask. On CPU
+    the mask is widened ``chunk`` elements at a time (events pass their chunk, so the number of
+    operations per layer does not grow with its size; a chunk above ``CHUNK`` allocates its buffer).
     """
     if mask.device != t.device:
         mask = mask.to(t.device)
@@ -111,11 +131,28 @@ def zero_pruned_(t: torch.Tensor, mask: torch.Tensor) -> None:
     if int_dtype == torch.int8:
         bits.bitwise_and_(flat)
         return
-    n, chunk = bits.numel(), CHUNK
-    buf = widen_buffer(t.device, int_dtype)
+    n = bits.numel()
+    chunk = max(1, min(CHUNK if chunk is None else chunk, n))
+    buf = widen_buffer(t.device, int_dtype, chunk)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         and_widened_(bits[start:stop], flat[start:stop], buf)
+
+
+def zero_pruned_many_(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], chunk: int | None = None) -> None:
+    """:func:`zero_pruned_` for every ``(tensor, mask)`` pair: contiguous CPU tensors are cut into flat
+    pieces of ``chunk`` elements (``CHUNK`` by default) that run in parallel
+    (:func:`~prunekit.pruner.parallel.parallel_map`: single-threaded pieces, robust to busy cores);
+    the others one by one."""
+    chunk = CHUNK if chunk is None else max(1, chunk)
+    pieces: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for t, mask in pairs:
+        if t.device.type == "cpu" and mask.device == t.device and t.is_contiguous() and mask.is_contiguous() and not t.is_complex():
+            flat_t, flat_m = t.view(-1), mask.view(-1)
+            pieces.extend((flat_t[a : a + chunk], flat_m[a : a + chunk]) for a in range(0, flat_t.numel(), chunk))
+        else:
+            zero_pruned_(t, mask, chunk)
+    parallel_map(lambda piece: zero_pruned_(piece[0], piece[1], chunk), pieces, [p.numel() for p, _ in pieces], [p.device for p, _ in pieces])
 
 
 def and_widened_(bits: torch.Tensor, mask: torch.Tensor, buf: torch.Tensor) -> None:
@@ -142,7 +179,7 @@ def fill_pruned_(t: torch.Tensor, mask: torch.Tensor, value: float) -> torch.Ten
         return t
     if t.device.type != "cpu" or t.dtype != torch.float32 or not (t.is_contiguous() and mask.is_contiguous()):
         return t.masked_fill_(mask.to(t.device) == 0, value)
-    value_bits = int(torch.tensor(value, dtype=torch.float32).view(torch.int32))
+    value_bits = struct.unpack("<i", struct.pack("<f", value))[0]  # the float32 bits, without a tensor op
     bits, flat = t.view(torch.int32).view(-1), mask.view(-1)
     buf = widen_buffer(t.device, torch.int32)
     for start in range(0, bits.numel(), CHUNK):
@@ -160,9 +197,9 @@ def mark_pruned_(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def apply_mask_(weight: torch.Tensor, mask: torch.Tensor) -> None:
-    """Zero the pruned weights in place (``mask``: int8, ``0`` = pruned)."""
-    zero_pruned_(weight.data, mask)
+def apply_mask_(weight: torch.Tensor, mask: torch.Tensor, chunk: int | None = None) -> None:
+    """Zero the pruned weights in place (``mask``: int8, ``0`` = pruned; ``chunk``: see :func:`zero_pruned_many_`)."""
+    zero_pruned_many_([(weight.data, mask)], chunk)
 
 
 @torch.no_grad()
@@ -183,15 +220,17 @@ def mask_grad_(weight: torch.Tensor, mask: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def mask_optimizer_state_(optimizers: Iterable[torch.optim.Optimizer], weight: torch.Tensor, mask: torch.Tensor) -> None:
-    """Zero the pruned entries of every optimizer state tensor shaped like ``weight``."""
+def mask_optimizer_state_(
+    optimizers: Iterable[torch.optim.Optimizer], weight: torch.Tensor, mask: torch.Tensor, chunk: int | None = None
+) -> None:
+    """Zero the pruned entries of every optimizer state tensor shaped like ``weight`` (``chunk``: see :func:`zero_pruned_many_`)."""
+    states = []
     for optimizer in optimizers:
         state = optimizer.state.get(weight)
         if not state:
             continue
-        for value in state.values():
-            if isinstance(value, torch.Tensor) and value.shape == weight.shape:
-                zero_pruned_(value, mask)
+        states += [(value, mask) for value in state.values() if isinstance(value, torch.Tensor) and value.shape == weight.shape]
+    zero_pruned_many_(states, chunk)
 
 
 #: what the second-moment state (``exp_avg_sq``, ``max_exp_avg_sq``) of a pruned weight is set to

@@ -423,7 +423,8 @@ class Pruning:
             )
         for group in self.groups:
             group.after_step(self._step, stepped)
-        if self.reapply == "always" or reapply_needed(self._optimizers):
+        # after a step without an optimizer step (prune_now) nothing moved the weights the event masked
+        if stepped and (self.reapply == "always" or reapply_needed(self._optimizers)):
             for group in self.groups:
                 group.reapply()
         self._step += 1

@@ -102,12 +102,12 @@ def test_every_way_of_holding_the_scores_gives_the_masks_of_one_chunk(monkeypatc
         with monkeypatch.context() as m:
             if "CHUNK" in change:
                 m.setattr(masks_mod, "CHUNK", change["CHUNK"])
-                masks_mod._buffers.clear()
+                masks_mod.clear_buffers()
             else:
                 for name, value in change.items():
                     m.setattr(group_mod, name, value)
             got = run(pattern, criterion, scope, target, arch)
-        masks_mod._buffers.clear()
+        masks_mod.clear_buffers()
         for name in reference[0]:
             assert torch.equal(got[0][name], reference[0][name]), (label, name)
         for key in reference[1]:

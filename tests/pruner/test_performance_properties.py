@@ -134,14 +134,14 @@ def test_chunked_paths_match_a_single_chunk(monkeypatch, pattern: str, scope: st
     results = []
     for chunk in (1 << 19, 40):  # 40 elements: many chunks, partial last chunks
         monkeypatch.setattr(masks_mod, "CHUNK", chunk)
-        masks_mod._buffers.clear()
+        masks_mod.clear_buffers()
         model = mlp((16, 24, 24, 8))
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         session = prepare_pruning(model, cfg(pattern, target, scope, criterion, start=1, end=7, freq=2), opt)
         for step in range(10):
             train_step(model, opt, step)
         results.append((session.masks, {k: v.clone() for k, v in model.state_dict().items()}))
-    masks_mod._buffers.clear()
+    masks_mod.clear_buffers()
     (m1, s1), (m2, s2) = results
     for name in m1:
         assert torch.equal(m1[name], m2[name]), name

@@ -1,0 +1,193 @@
+"""Layers and chunks on several threads (prunekit/pruner/parallel.py) give exactly the serial results.
+
+The thresholds that keep small work serial are set to 0 here, so these tiny models take the
+parallel paths: events with layers in parallel (local scope; global scope's grids, counting and
+bracket passes and commits), the per-step gradient masking in pieces and ``snip_momentum``'s
+accumulation in row ranges. Every case is compared bit for bit with one thread, after training.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import prunekit.pruner.parallel as parallel
+from prunekit.errors import PruningError
+from prunekit.pruner import prepare_pruning
+from prunekit.pruner.criteria import Criterion
+from prunekit.registry import CRITERIA
+from test_chunked_commit import CASES, run
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """Parallel paths for any size, two threads; records how many workers each map used."""
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
+    monkeypatch.setattr(parallel, "MIN_EVENT_LAYER", 0)
+    import prunekit.pruner.group as group_mod
+    import prunekit.pruner.grids as grids_mod
+
+    monkeypatch.setattr(group_mod, "MIN_EVENT_LAYER", 0)
+    monkeypatch.setattr(grids_mod, "MIN_EVENT_LAYER", 0)
+    used: list[int] = []
+    original = parallel.workers_for
+
+    def recording(*args, **kwargs) -> int:
+        n = original(*args, **kwargs)
+        used.append(n)
+        return n
+
+    monkeypatch.setattr(parallel, "workers_for", recording)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield used
+    torch.set_num_threads(before)
+
+
+def _serial(fn):
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("pattern,criterion,scope,target,arch", CASES)
+def test_layers_in_parallel_give_the_serial_masks_and_weights(forced, pattern, criterion, scope, target, arch) -> None:
+    reference = _serial(lambda: run(pattern, criterion, scope, target, arch))
+    got = run(pattern, criterion, scope, target, arch)
+    single_small_layer = arch == "cnn" and ":" in pattern  # one conv of 1,728 weights: one piece, nothing to share
+    assert max(forced) == (1 if single_small_layer else 2)  # the parallel path really ran
+    assert torch.get_num_threads() == 2  # and gave the threads back
+    for name in reference[0]:
+        assert torch.equal(got[0][name], reference[0][name]), name
+    for key in reference[1]:
+        assert torch.equal(got[1][key], reference[1][key]), key
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "snip_momentum"])
+def test_adamw_state_and_gradients_match_in_parallel(forced, criterion) -> None:
+    def train() -> tuple[dict, dict]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(40, 48), torch.nn.Tanh(), torch.nn.Linear(48, 40), torch.nn.Tanh(), torch.nn.Linear(40, 8))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        cfg = {"pruners": [{"pattern": "1x1", "criterion": criterion, "target_sparsity": 0.8,
+                            "scheduler": {"type": "iterative", "start_step": 1, "end_step": 7, "frequency": 2}}]}
+        session = prepare_pruning(model, cfg, opt)
+        g = torch.Generator().manual_seed(5)
+        for _ in range(10):
+            opt.zero_grad()
+            model(torch.randn(16, 40, generator=g)).pow(2).mean().backward()
+            opt.step()
+        state = {f"{i}.{k}": v.clone() for i, p in enumerate(model.parameters()) for k, v in opt.state[p].items() if torch.is_tensor(v)}
+        grads = {f"{i}.grad": p.grad.clone() for i, p in enumerate(model.parameters())}
+        session.close()
+        return {k: v.clone() for k, v in model.state_dict().items()}, {**state, **grads}
+
+    reference = _serial(train)
+    got = train()
+    assert max(forced) == 2
+    for a, b in zip(reference, got):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
+class _Recording(Criterion):
+    """Magnitude, recording where and how it ran; raises on demand."""
+
+    name = "recording_for_parallel_test"
+    seen: list[tuple[str, bool]] = []
+    fail_on: int | None = None
+
+    def score(self, weight, grad, out=None):
+        type(self).seen.append((threading.current_thread().name, torch.is_grad_enabled()))
+        if type(self).fail_on is not None and weight.shape[-1] == type(self).fail_on:
+            raise ValueError("criterion failed on purpose")
+        return torch.abs(weight, out=out) if out is not None else weight.abs()
+
+
+@pytest.fixture
+def recording():
+    CRITERIA.register(_Recording.name, _Recording)
+    _Recording.seen, _Recording.fail_on = [], None
+    yield _Recording
+    CRITERIA.unregister(_Recording.name)
+
+
+def _model() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+
+
+@pytest.mark.parametrize("scope", ["local", "global"])
+def test_workers_run_without_autograd_on_prunekit_threads(forced, recording, scope) -> None:
+    session = prepare_pruning(_model(), {"pruners": [{"pattern": "4x1", "criterion": recording.name, "scope": scope, "target_sparsity": 0.5}]})
+    session.prune_now()
+    threads = {name for name, _ in recording.seen}
+    assert any(name.startswith("prunekit") for name in threads), threads
+    assert not any(grad_mode for _, grad_mode in recording.seen)  # the event's no_grad holds in the workers
+
+
+def test_a_failing_layer_raises_in_the_caller_and_restores_the_threads(forced, recording) -> None:
+    model = _model()
+    session = prepare_pruning(model, {"pruners": [{"pattern": "4x1", "criterion": recording.name, "target_sparsity": 0.5}]})
+    recording.fail_on = 32  # the layer Linear(32, 8) (scored in 2-D row chunks)
+    with pytest.raises(ValueError, match="on purpose"):
+        session.prune_now()
+    assert torch.get_num_threads() == 2
+    weights = dict(model.named_parameters())
+    # every layer is untouched or completely pruned; the failing one is untouched
+    assert int(torch.count_nonzero(weights["4.weight"])) == weights["4.weight"].numel()
+    for name in ("0.weight", "2.weight"):
+        zeros = weights[name].numel() - int(torch.count_nonzero(weights[name]))
+        assert zeros in (0, weights[name].numel() // 2), (name, zeros)
+    recording.fail_on = None
+    session.prune_now()  # the retry runs the event
+    assert all(
+        weights[n].numel() - int(torch.count_nonzero(weights[n])) == weights[n].numel() // 2 for n in ("0.weight", "2.weight", "4.weight")
+    )
+
+
+def test_small_work_and_one_thread_stay_serial(monkeypatch) -> None:
+    cpu = [torch.device("cpu")] * 3
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert parallel.workers_for(3, 3 << 20, cpu) == 2
+        assert parallel.workers_for(3, 1000, cpu) == 1  # below MIN_PARALLEL_ELEMENTS
+        assert parallel.workers_for(3, 3 << 20, cpu, min_mean=2 << 20) == 1  # layers too small for an event
+        assert parallel.workers_for(1, 1 << 30, cpu[:1]) == 1
+        assert parallel.workers_for(3, 3 << 20, [torch.device("meta")] * 3) == 1  # only CPU work is threaded
+        torch.set_num_threads(1)
+        assert parallel.workers_for(3, 3 << 20, cpu) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_nested_map_runs_serially_inside_a_worker(forced) -> None:
+    inner: list[int] = []
+
+    def outer(i: int) -> int:
+        parallel.parallel_map(lambda j: inner.append(threading.get_ident()) or j, [0, 1, 2], [1 << 20] * 3, [torch.device("cpu")] * 3)
+        return threading.get_ident()
+
+    idents = parallel.parallel_map(outer, [0, 1, 2, 3], [1 << 20] * 4, [torch.device("cpu")] * 4)
+    assert len(inner) == 12
+    assert set(inner) <= set(idents)  # each inner map ran in the worker that called it
+    assert torch.get_num_threads() == 2
+
+
+def test_an_error_raised_in_a_worker_is_not_lost(forced) -> None:
+    def fn(i: int) -> int:
+        if i == 3:
+            raise PruningError("item 3")
+        return i
+
+    with pytest.raises(PruningError, match="item 3"):
+        parallel.parallel_map(fn, list(range(8)), [1 << 20] * 8, [torch.device("cpu")] * 8)
+    assert torch.get_num_threads() == 2
+    assert parallel.parallel_map(lambda i: i * i, list(range(8)), [1 << 20] * 8, [torch.device("cpu")] * 8) == [i * i for i in range(8)]
