@@ -32,6 +32,11 @@ class Criterion(abc.ABC):
     """Scores the weights of one layer; ``needs_grad`` criteria read ``weight.grad``.
 
     Subclasses implement :meth:`score` and are registered with ``@CRITERIA.register(name)``.
+
+    Threads: on the CPU, :meth:`score` and :meth:`accumulate` may run on several threads at once
+    (layers of an event, row ranges of a step: :mod:`prunekit.pruner.parallel`), under
+    ``torch.no_grad()`` and with one torch thread each; they must not keep state between calls
+    (the built-in ones are pure functions of their arguments).
     """
 
     #: the registered name (used in messages)

@@ -11,7 +11,8 @@ the map runs, so the kernels never open a parallel region). A worker on a busy c
 fewer chunks: nothing waits for it but the chunk it holds.
 
 Serial (in the calling thread, with its intra-op threads) when one thread is configured, when there
-is one item or little work (below :data:`MIN_PARALLEL_ELEMENTS`), on other devices than the CPU
+is one item or little work (below :data:`MIN_PARALLEL_ELEMENTS`), when one item is more than half of
+the work (workers would wait for it), on other devices than the CPU
 (kernels there are asynchronous; a worker thread would also have another current stream), inside
 a worker (no nesting), and around ``torch.distributed`` collectives (callers keep them in order).
 
@@ -56,14 +57,17 @@ def in_worker() -> bool:
     return getattr(_local, "worker", False)
 
 
-def workers_for(count: int, elements: int, devices: Sequence[torch.device], min_mean: int = 0) -> int:
-    """How many threads :func:`parallel_map` uses for ``count`` items of ``elements`` elements in all
-    (1 when the mean item is below ``min_mean`` elements)."""
+def workers_for(sizes: Sequence[int], devices: Sequence[torch.device], min_mean: int = 0) -> int:
+    """How many threads :func:`parallel_map` uses for items of ``sizes`` elements: 1 when the mean
+    item is below ``min_mean`` elements, and never more than ``sum / max`` (the largest item alone
+    takes that share of the work: more workers would wait for it, and one dominating item runs with
+    the intra-op threads instead)."""
+    count, elements = len(sizes), sum(sizes)
     if count < 2 or elements < max(MIN_PARALLEL_ELEMENTS, min_mean * count) or in_worker():
         return 1
     if any(d.type != "cpu" for d in devices):
         return 1
-    return max(1, min(torch.get_num_threads(), count))
+    return max(1, min(torch.get_num_threads(), count, elements // max(1, max(sizes))))
 
 
 def _get_pool(size: int) -> ThreadPoolExecutor:
@@ -87,7 +91,7 @@ def parallel_map(
     The first exception raised by ``fn`` is re-raised after the workers have finished the items they
     hold (no new item is started after it); the caller's grad mode holds in the workers.
     """
-    n = workers_for(len(items), sum(sizes), devices, min_mean)
+    n = workers_for(sizes, devices, min_mean)
     if n == 1:
         return [fn(item) for item in items]
     order = sorted(range(len(items)), key=lambda i: -sizes[i])

@@ -23,7 +23,7 @@ from test_chunked_commit import CASES, run
 
 @pytest.fixture
 def forced(monkeypatch):
-    """Parallel paths for any size, two threads; records how many workers each map used."""
+    """Parallel paths for any size and balance, two threads; records how many workers each map used."""
     monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
     monkeypatch.setattr(parallel, "MIN_EVENT_LAYER", 0)
     import prunekit.pruner.group as group_mod
@@ -34,8 +34,10 @@ def forced(monkeypatch):
     used: list[int] = []
     original = parallel.workers_for
 
-    def recording(*args, **kwargs) -> int:
-        n = original(*args, **kwargs)
+    def recording(sizes, devices, min_mean=0) -> int:
+        n = original(sizes, devices, min_mean)
+        if n == 1 and len(sizes) > 1 and not parallel.in_worker():
+            n = 2  # these tiny layers are unequal: the balance rule alone would keep them serial
         used.append(n)
         return n
 
@@ -157,13 +159,16 @@ def test_small_work_and_one_thread_stay_serial(monkeypatch) -> None:
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert parallel.workers_for(3, 3 << 20, cpu) == 2
-        assert parallel.workers_for(3, 1000, cpu) == 1  # below MIN_PARALLEL_ELEMENTS
-        assert parallel.workers_for(3, 3 << 20, cpu, min_mean=2 << 20) == 1  # layers too small for an event
-        assert parallel.workers_for(1, 1 << 30, cpu[:1]) == 1
-        assert parallel.workers_for(3, 3 << 20, [torch.device("meta")] * 3) == 1  # only CPU work is threaded
+        mib = [1 << 20] * 3
+        assert parallel.workers_for(mib, cpu) == 2
+        assert parallel.workers_for([1000] * 3, cpu) == 1  # below MIN_PARALLEL_ELEMENTS
+        assert parallel.workers_for(mib, cpu, min_mean=2 << 20) == 1  # layers too small for an event
+        assert parallel.workers_for([1 << 30], cpu[:1]) == 1
+        assert parallel.workers_for([200 << 20, 1 << 20], cpu[:2]) == 1  # one layer is nearly all the work
+        assert parallel.workers_for([45 << 20, 16 << 20, 16 << 20, 16 << 20], cpu + cpu[:1]) == 2
+        assert parallel.workers_for(mib, [torch.device("meta")] * 3) == 1  # only CPU work is threaded
         torch.set_num_threads(1)
-        assert parallel.workers_for(3, 3 << 20, cpu) == 1
+        assert parallel.workers_for(mib, cpu) == 1
     finally:
         torch.set_num_threads(before)
 
