@@ -31,7 +31,7 @@ from prunekit.pruner import masks as _masks
 from prunekit.pruner.parallel import MIN_EVENT_LAYER, parallel_map
 
 __all__ = [
-    "BlockGrid", "TensorGrid", "StreamGrid", "RowGrid", "as_grid", "event_chunk", "EVENT_CHUNKS", "map_chunks",
+    "BlockGrid", "TensorGrid", "StreamGrid", "RowGrid", "as_grid", "event_chunk", "EVENT_CHUNKS", "EVENT_CHUNK_MAX", "map_chunks",
     "row_ranges", "rows_view", "gather_2d", "pack_bits", "unpack_bits",
 ]
 
@@ -75,18 +75,23 @@ class BlockGrid(Protocol):
     def device(self) -> torch.device: ...
 
 
-#: an event reads a layer in at most this many chunks: its number of operations per layer does not grow
-#: with the layer (thousands of small operations are what a busy core makes slow), while the
-#: chunk-sized temporaries (about ``FIXED_PER_CHUNK_ELEMENT`` = 12 bytes per chunk element) stay
-#: at most 12 / 32 bytes per weight (0.09x float32, 0.19x 16-bit weight bytes)
+#: an event reads a layer in at most this many chunks (up to ``EVENT_CHUNKS * EVENT_CHUNK_MAX`` =
+#: 64M weights): its number of operations per layer does not grow with the layer (thousands of
+#: small operations are what a busy core makes slow), while the chunk-sized temporaries (about
+#: ``FIXED_PER_CHUNK_ELEMENT`` = 12 bytes per chunk element) stay at most 12 / 32 bytes per weight
+#: (0.09x float32, 0.19x 16-bit weight bytes)
 EVENT_CHUNKS = 32
+#: the largest chunk (2M elements, 8 MiB of float32 scores): a chain of operations on larger chunks
+#: streams from memory instead of cache (1x1 on one 201M-weight layer took ~1.5x as long with
+#: 6.3M-element chunks), and operations on 2M elements are no longer small (a millisecond or more)
+EVENT_CHUNK_MAX = 1 << 21
 
 
 def event_chunk(numel: int) -> int:
     """Elements per chunk of an event on a layer of ``numel`` weights: ``numel / EVENT_CHUNKS`` (rounded
-    up), at least ``CHUNK / 64`` (8K: below that an operation costs more to dispatch than to run).
-    Results do not depend on the chunk size."""
-    return max(-(-numel // EVENT_CHUNKS), max(1, _masks.CHUNK // 64))
+    up), at least ``CHUNK / 64`` (8K: below that an operation costs more to dispatch than to run) and
+    at most :data:`EVENT_CHUNK_MAX`. Results do not depend on the chunk size."""
+    return min(max(-(-numel // EVENT_CHUNKS), max(1, _masks.CHUNK // 64)), max(EVENT_CHUNK_MAX, _masks.CHUNK))
 
 
 def _chunk_size(grid: object) -> int:

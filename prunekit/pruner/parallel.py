@@ -37,10 +37,12 @@ R = TypeVar("R")
 #: elements (summed over the items) below which the pool's start-up (~0.1 ms) is not worth it
 MIN_PARALLEL_ELEMENTS = 1 << 20
 #: mean elements per layer below which events stay serial: an event runs ~70 operations per chunk
-#: of 1/32 of a layer, and below ~64K-element chunks the Python overhead of each operation (held
-#: under the GIL) outweighs its kernel, so two workers were slower than one thread on an idle
-#: machine (12 x 1024^2 layers: 169 vs 139 ms for 1x1; 3 x 2048^2: 80 vs 110 ms)
-MIN_EVENT_LAYER = 1 << 21
+#: of 1/32 of a layer, and below ~48K-element chunks the Python overhead of each operation (held
+#: under the GIL) outweighs its kernel: on layers of 1M weights two workers were slower than torch's
+#: two intra-op threads on an idle machine (12 x 1024^2, 1x1: 203 vs 154 ms) and barely faster with
+#: a busy core; from 2M weights on they were as fast idle and 1.4-4x faster busy
+#: (``benchmarks/bench_threads.py``)
+MIN_EVENT_LAYER = 3 << 19  # 1.5M
 
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
