@@ -13,9 +13,12 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
-__all__ = ["machine_summary", "print_machine", "status_kib", "reset_peak", "unmap_freed_blocks", "busy_core", "BUSY_KINDS"]
+__all__ = [
+    "machine_summary", "print_machine", "status_kib", "reset_peak", "unmap_freed_blocks", "busy_core", "BUSY_KINDS",
+    "thread_counts", "settings", "wall_seconds", "add_setting_arguments",
+]
 
 #: what the competing process of :func:`busy_core` runs: ``spin`` a pure-Python loop (a data-loader
 #: worker parsing, another job's interpreter), ``train`` one-thread matrix products and their
@@ -115,3 +118,59 @@ def print_machine(device: str = "cpu") -> None:
 
 if __name__ == "__main__":
     print_machine()
+
+
+def thread_counts(spec: str) -> list[int]:
+    """A ``--threads`` value: a comma list of torch thread counts, ``default`` = torch's default here
+    (the machine's cores, or ``OMP_NUM_THREADS``), read before any benchmark changes it."""
+    import torch
+
+    default = _DEFAULT_THREADS[0] if _DEFAULT_THREADS else torch.get_num_threads()
+    _DEFAULT_THREADS[:] = [default]
+    counts: list[int] = []
+    for part in filter(None, spec.split(",")):
+        n = default if part == "default" else int(part)
+        if n not in counts:
+            counts.append(n)
+    return counts
+
+
+_DEFAULT_THREADS: list[int] = []
+
+
+def settings(threads: str, loads: str) -> Iterator[tuple[int, str]]:
+    """Every ``(threads, load)`` of ``--threads`` x ``--load`` (``idle``, ``busy``), with torch set to that
+    many threads; the caller starts :func:`busy_core` for ``busy``."""
+    import torch
+
+    chosen = [load for load in loads.split(",") if load]
+    bad = [load for load in chosen if load not in ("idle", "busy")]
+    if bad:
+        raise SystemExit(f"--load takes idle and/or busy, got {', '.join(bad)}")
+    for n in thread_counts(threads):
+        for load in chosen:
+            torch.set_num_threads(n)
+            yield n, load
+
+
+def wall_seconds(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Wall time of ``fn()``, synchronised before and after on CUDA."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def add_setting_arguments(parser) -> None:
+    """``--threads``, ``--load`` and ``--busy``: the settings every CPU table is measured in (:func:`settings`)."""
+    parser.add_argument("--threads", default="1,default",
+                        help="comma list of torch thread counts ('default': torch's default here, the machine's cores)")
+    parser.add_argument("--load", default="idle,busy",
+                        help="comma list: idle, busy (a competing process pinned to one core, started and stopped here)")
+    parser.add_argument("--busy", default="spin", choices=sorted(BUSY_KINDS), help="what the competing process runs")

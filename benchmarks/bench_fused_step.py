@@ -26,6 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -33,12 +34,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import BUSY_KINDS, busy_core, print_machine  # noqa: E402
+from _machine import add_setting_arguments, busy_core, print_machine, settings, wall_seconds  # noqa: E402
 from prunekit.pruner import Pruning  # noqa: E402
 from prunekit.pruner.masks import zero_pruned_many_  # noqa: E402
 
 WIDTH, DEPTH = 4096, 3
-DEFAULT_THREADS = torch.get_num_threads()
 MOMENTUM = 0.9
 
 
@@ -57,16 +57,7 @@ def snip_momentum_4x1(w: torch.Tensor, g: torch.Tensor, mask: torch.Tensor, acc:
 
 
 def _median_ms(fn, repeats: int, device: str) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return statistics.median(wall_seconds(fn, device) for _ in range(repeats)) * 1e3
 
 
 def _setup(device: str):
@@ -92,88 +83,70 @@ def compiled_or_reason(fn):
         return None, f"{type(err).__name__}: {err}"
 
 
-def bench(device: str, repeats: int) -> list[tuple[str, float, float | None, float | None, str]]:
-    """Rows ``(pass, eager ms, compiled ms, compile s, notes)``."""
+def _compare(
+    name: str, eager: Callable[[], None], fused_fn: Callable, calls: list[tuple], reset: Callable[[], None],
+    result: Callable[[], list[torch.Tensor]], agreement: Callable[[list[torch.Tensor], list[torch.Tensor]], str], repeats: int, device: str,
+) -> tuple[str, float, float | None, float | None, str]:
+    """One row: ``eager()`` against ``fused_fn(*args)`` for every ``args`` in ``calls``; ``reset()`` restores
+    the inputs, ``result()`` reads the outputs, ``agreement(compiled, eager)`` describes how they agree."""
     import torch._dynamo
 
-    model, session, group = _setup(device)
-    weights = [layer.weight for layer in group.layers]
-    masks = [group.mask8[layer.name] for layer in group.layers]
-    grads = [w.grad for w in weights]
-    saved = [g.clone() for g in grads]
-    rows = []
-
-    # -- gradient masking
-    def eager_mask() -> None:
-        zero_pruned_many_(list(zip(grads, masks)))
-
-    fused, reason = compiled_or_reason(masked_grad)
-    eager_ms = (_median_ms(eager_mask, 2, device), _median_ms(eager_mask, repeats, device))[1]
+    eager_ms = _median_ms(eager, repeats, device)
+    fused, reason = compiled_or_reason(fused_fn)
     if fused is None:
-        rows.append(("gradient masking", eager_ms, None, None, f"torch.compile unavailable: {reason}"))
-    else:
-        for g, s in zip(grads, saved):
-            g.copy_(s)
-        t0 = time.perf_counter()
-        try:
-            for g, m in zip(grads, masks):
-                fused(g, m)
-        except Exception as err:  # noqa: BLE001
-            rows.append(("gradient masking", eager_ms, None, None, f"compilation failed: {type(err).__name__}: {str(err)[:120]}"))
-        else:
-            compile_s = time.perf_counter() - t0
-            got = [g.clone() for g in grads]
-            for g, s in zip(grads, saved):
-                g.copy_(s)
-            eager_mask()
-            same = all(torch.equal(a, b) for a, b in zip(got, grads))
-            torch._dynamo.utils.counters.clear()
-            fused_ms = _median_ms(lambda: [fused(g, m) for g, m in zip(grads, masks)], repeats, device)
-            recompiles = torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)
-            rows.append(("gradient masking", eager_ms, fused_ms, compile_s, f"identical: {same}; new graphs after warm-up: {recompiles}"))
+        return name, eager_ms, None, None, f"torch.compile unavailable: {reason}"
+    reset()
+    t0 = time.perf_counter()
+    try:
+        for args in calls:
+            fused(*args)
+    except Exception as err:  # noqa: BLE001 - reported: the eager path is the fallback
+        return name, eager_ms, None, None, f"compilation failed: {type(err).__name__}: {str(err)[:120]}"
+    compile_s = time.perf_counter() - t0
+    got = [t.clone() for t in result()]
+    reset()
+    eager()
+    agree = agreement(got, result())
+    torch._dynamo.utils.counters.clear()
+    fused_ms = _median_ms(lambda: [fused(*args) for args in calls], repeats, device)
+    graphs = torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)
+    return name, eager_ms, fused_ms, compile_s, f"{agree}; new graphs after warm-up: {graphs}"
 
-    # -- snip_momentum accumulation (4x1)
-    def eager_acc() -> None:
-        group._accumulate(0, mask_grads=True)
 
+def bench(device: str, repeats: int) -> list[tuple[str, float, float | None, float | None, str]]:
+    """Rows ``(pass, eager ms, compiled ms, compile s, notes)``."""
+    model, session, group = _setup(device)
+    weights = [layer.weight.detach() for layer in group.layers]
+    masks = [group.mask8[layer.name] for layer in group.layers]
+    grads = [layer.weight.grad for layer in group.layers]
+    saved = [g.clone() for g in grads]
     group._accumulate(0, mask_grads=True)  # creates the accumulators
     accs = [group.scores[layer.name] for layer in group.layers]
-    eager_ms = _median_ms(eager_acc, repeats, device)
-    fused, reason = compiled_or_reason(snip_momentum_4x1)
-    if fused is None:
-        rows.append(("snip_momentum 4x1 accumulation", eager_ms, None, None, f"torch.compile unavailable: {reason}"))
-    else:
-        start = [a.clone() for a in accs]
-        for g, s in zip(grads, saved):
-            g.copy_(s)
-        t0 = time.perf_counter()
-        try:
-            for w, g, m, a in zip(weights, grads, masks, accs):
-                fused(w.detach(), g, m, a)
-        except Exception as err:  # noqa: BLE001
-            rows.append(("snip_momentum 4x1 accumulation", eager_ms, None, None, f"compilation failed: {type(err).__name__}: {str(err)[:120]}"))
-        else:
-            compile_s = time.perf_counter() - t0
-            got = [a.clone() for a in accs]
-            for a, s0 in zip(accs, start):
-                a.copy_(s0)
-            for g, s in zip(grads, saved):
-                g.copy_(s)
-            eager_acc()
-            rel = max(float(((x - y).abs() / y.abs().clamp_min(1e-30)).max()) for x, y in zip(got, accs))
-            torch._dynamo.utils.counters.clear()
-            fused_ms = _median_ms(lambda: [fused(w.detach(), g, m, a) for w, g, m, a in zip(weights, grads, masks, accs)], repeats, device)
-            recompiles = torch._dynamo.utils.counters["stats"].get("unique_graphs", 0)
-            rows.append(("snip_momentum 4x1 accumulation", eager_ms, fused_ms, compile_s, f"max rel. diff of scores {rel:.1e}; new graphs after warm-up: {recompiles}"))
+    start = [a.clone() for a in accs]
+
+    def reset() -> None:
+        for t, s in zip(grads + accs, saved + start):
+            t.copy_(s)
+
+    def identical(a: list[torch.Tensor], b: list[torch.Tensor]) -> str:
+        return f"identical: {all(torch.equal(x, y) for x, y in zip(a, b))}"
+
+    def relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> str:
+        return f"max rel. diff of scores {max(float(((x - y).abs() / y.abs().clamp_min(1e-30)).max()) for x, y in zip(a, b)):.1e}"
+
+    rows = [
+        _compare("gradient masking", lambda: zero_pruned_many_(list(zip(grads, masks))), masked_grad, list(zip(grads, masks)),
+                 reset, lambda: grads, identical, repeats, device),
+        _compare("snip_momentum 4x1 accumulation", lambda: group._accumulate(0, mask_grads=True), snip_momentum_4x1,
+                 list(zip(weights, grads, masks, accs)), reset, lambda: accs, relative, repeats, device),
+    ]
     session.close()
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", default="1,default", help="comma list of torch thread counts ('default': torch's default)")
-    parser.add_argument("--load", default="idle,busy", help="comma list: idle, busy (a competing process pinned to one core)")
-    parser.add_argument("--busy", default="spin", choices=sorted(BUSY_KINDS))
+    add_setting_arguments(parser)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -182,20 +155,17 @@ def main() -> None:
         return
     print_machine(args.device)
     print(f"\nweights: {DEPTH} x {WIDTH} x {WIDTH} float32, masks at 0.9; median of {args.repeats} calls per step\n")
-    threads = [DEFAULT_THREADS if t == "default" else int(t) for t in args.threads.split(",") if t]
-    for n in dict.fromkeys(threads):
-        for load in [x for x in args.load.split(",") if x]:
-            torch.set_num_threads(n)
-            torch._dynamo.reset()  # compile again for this thread count
-            with busy_core(args.busy if load == "busy" else None) as described:
-                rows = bench(args.device, args.repeats)
-            print(f"=== {n} torch thread{'s' if n > 1 else ''}, {described} ===")
-            print(f"{'pass':<32} {'eager ms':>9} {'compiled ms':>12} {'compile s':>10}  notes")
-            for name, eager, fused, compile_s, notes in rows:
-                fused_s = f"{fused:>12.2f}" if fused is not None else f"{'-':>12}"
-                comp_s = f"{compile_s:>10.1f}" if compile_s is not None else f"{'-':>10}"
-                print(f"{name:<32} {eager:>9.2f} {fused_s} {comp_s}  {notes}")
-            print(flush=True)
+    for n, load in settings(args.threads, args.load):
+        torch._dynamo.reset()  # compile again for this thread count
+        with busy_core(args.busy if load == "busy" else None) as described:
+            rows = bench(args.device, args.repeats)
+        print(f"=== {n} torch thread{'s' if n > 1 else ''}, {described} ===")
+        print(f"{'pass':<32} {'eager ms':>9} {'compiled ms':>12} {'compile s':>10}  notes")
+        for name, eager, fused, compile_s, notes in rows:
+            fused_s = f"{fused:>12.2f}" if fused is not None else f"{'-':>12}"
+            comp_s = f"{compile_s:>10.1f}" if compile_s is not None else f"{'-':>10}"
+            print(f"{name:<32} {eager:>9.2f} {fused_s} {comp_s}  {notes}")
+        print(flush=True)
 
 
 if __name__ == "__main__":

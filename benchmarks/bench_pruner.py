@@ -52,25 +52,19 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import BUSY_KINDS, busy_core, print_machine, reset_peak, status_kib, unmap_freed_blocks  # noqa: E402
+from _machine import (  # noqa: E402
+    add_setting_arguments, busy_core, print_machine, reset_peak, settings, status_kib, thread_counts, unmap_freed_blocks, wall_seconds,
+)
 from prunekit.pruner import Pruning  # noqa: E402
 
 WIDTH, DEPTH, BATCH = 4096, 3, 32
-#: torch's thread count before the benchmark changes it (its default: the machine's cores, or OMP_NUM_THREADS)
-DEFAULT_THREADS = torch.get_num_threads()
 SCALES = {"10M": 1824, "50M": 4096, "200M": 8192}
 
 
 def seconds(fn: Callable[[], object], device: str) -> float:
-    """Wall time of ``fn()`` (synchronised on CUDA)."""
+    """Wall time of ``fn()`` (synchronised on CUDA), after collecting the garbage of the run before."""
     gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return wall_seconds(fn, device)
 
 
 def peak_extra_mib(fn: Callable[[], object], device: str) -> float | None:
@@ -406,16 +400,6 @@ def _memory_runs(args: argparse.Namespace, skip: set[str], threads: int) -> tupl
             [tuple(r) for r in result["single"]])
 
 
-def _thread_counts(spec: str) -> list[int]:
-    """``--threads``: a comma list of counts; ``default`` is torch's default here (the machine's cores)."""
-    counts = []
-    for part in filter(None, spec.split(",")):
-        n = DEFAULT_THREADS if part == "default" else int(part)
-        if n not in counts:
-            counts.append(n)
-    return counts
-
-
 def _print_tables(steps, update_times, update_mem, scale_times, scale_mem, single_times, single_mem, shape, rounds: int, repeats: int) -> None:
     pruned_mib = DEPTH * WIDTH * WIDTH * 4 / 2**20
     if steps:
@@ -474,11 +458,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed training steps per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the step benchmark")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of each mask update (median is shown)")
-    parser.add_argument("--threads", default="1,default",
-                        help="comma list of torch thread counts to run every table at ('default': torch's default here)")
-    parser.add_argument("--load", default="idle,busy",
-                        help="comma list: idle, busy (a competing process pinned to one core, started and stopped here)")
-    parser.add_argument("--busy", default="spin", choices=sorted(BUSY_KINDS), help="what the competing process runs")
+    add_setting_arguments(parser)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip", default="", help="comma list of sections to skip: steps,updates,scale,single,memory")
     parser.add_argument("--single-layer", default=None, metavar="ROWSxCOLS",
@@ -498,30 +478,26 @@ def main() -> None:
             "single": bench_single(args.device, shape, dtypes, 1, memory=True) if "single" not in skip else [],
         }))
         return
-    threads = _thread_counts(args.threads)
-    loads = [load for load in args.load.split(",") if load]
-    if any(load not in ("idle", "busy") for load in loads):
-        parser.error(f"--load takes idle and/or busy, got {args.load!r}")
-    torch.set_num_threads(threads[0])
+    torch.set_num_threads(thread_counts(args.threads)[0])
     print_machine(args.device)
     pruned_mib = DEPTH * WIDTH * WIDTH * 4 / 2**20
     print(f"\nmodel: {DEPTH} x Linear({WIDTH}, {WIDTH}), batch {BATCH}; pruned weights {pruned_mib:.0f} MiB")
 
     results: dict[tuple[int, str], dict] = {}
-    for n in threads:
-        # memory in a child process (module docstring), once per thread count: it does not depend on the load
-        memory = ([], [], []) if "memory" in skip else _memory_runs(args, skip, n)
-        for load in loads:
-            torch.set_num_threads(n)
-            with busy_core(args.busy if load == "busy" else None) as described:
-                print(f"\n=== {n} torch thread{'s' if n > 1 else ''}, {described} ===\n", flush=True)
-                steps = bench_steps(args.steps, args.rounds, args.device) if "steps" not in skip else []
-                update_times = bench_updates(args.device, args.repeats, memory=False) if "updates" not in skip else []
-                scale_times = bench_scale(args.device, 2, memory=False) if "scale" not in skip else []
-                single_times = bench_single(args.device, shape, dtypes, 1, memory=False) if "single" not in skip else []
-            _print_tables(steps, update_times, memory[0], scale_times, memory[1], single_times, memory[2], shape, args.rounds, args.repeats)
-            sys.stdout.flush()
-            results[(n, load)] = {"steps": steps, "updates": update_times}
+    memory_of: dict[int, tuple[list, list, list]] = {}
+    for n, load in settings(args.threads, args.load):
+        if n not in memory_of:  # memory in a child process (module docstring), once per thread count: not per load
+            memory_of[n] = ([], [], []) if "memory" in skip else _memory_runs(args, skip, n)
+        memory = memory_of[n]
+        with busy_core(args.busy if load == "busy" else None) as described:
+            print(f"\n=== {n} torch thread{'s' if n > 1 else ''}, {described} ===\n", flush=True)
+            steps = bench_steps(args.steps, args.rounds, args.device) if "steps" not in skip else []
+            update_times = bench_updates(args.device, args.repeats, memory=False) if "updates" not in skip else []
+            scale_times = bench_scale(args.device, 2, memory=False) if "scale" not in skip else []
+            single_times = bench_single(args.device, shape, dtypes, 1, memory=False) if "single" not in skip else []
+        _print_tables(steps, update_times, memory[0], scale_times, memory[1], single_times, memory[2], shape, args.rounds, args.repeats)
+        sys.stdout.flush()
+        results[(n, load)] = {"steps": steps, "updates": update_times}
     if len(results) > 1 and not {"steps", "updates"} <= skip:
         _summary(results)
 

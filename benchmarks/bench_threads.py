@@ -32,10 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prunekit.pruner.parallel as parallel  # noqa: E402
-from _machine import BUSY_KINDS, busy_core, print_machine  # noqa: E402
+from _machine import add_setting_arguments, busy_core, print_machine, settings  # noqa: E402
 from prunekit.pruner import Pruning  # noqa: E402
 
-DEFAULT_THREADS = torch.get_num_threads()
 #: (label, layers, side): models of ``layers`` x Linear(side, side)
 MODELS = [("3 x 2048^2 (12.6M)", 3, 2048), ("8 x 1448^2 (16.8M)", 8, 1448), ("12 x 1024^2 (12.6M)", 12, 1024), ("1 x 4096^2 (16.8M)", 1, 4096)]
 #: (label, pattern, scope, target)
@@ -82,23 +81,18 @@ def _run(repeats: int) -> list[tuple[str, str, float, float, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", default="1,default", help="comma list of torch thread counts ('default': torch's default)")
-    parser.add_argument("--load", default="idle,busy", help="comma list: idle, busy (a competing process pinned to one core)")
-    parser.add_argument("--busy", default="spin", choices=sorted(BUSY_KINDS))
+    add_setting_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print_machine()
-    threads = [DEFAULT_THREADS if t == "default" else int(t) for t in args.threads.split(",") if t]
-    for n in dict.fromkeys(threads):
-        for load in [x for x in args.load.split(",") if x]:
-            torch.set_num_threads(n)
-            with busy_core(args.busy if load == "busy" else None) as described:
-                rows = _run(args.repeats)
-            print(f"\n=== {n} torch thread{'s' if n > 1 else ''}, {described} ===")
-            print(f"{'model':<22} {'update':<11} {'as shipped ms':>14} {'intra-op ms':>12} {'forced ms':>10}")
-            for label, name, shipped, intra, forced in rows:
-                print(f"{label:<22} {name:<11} {shipped:>14.1f} {intra:>12.1f} {forced:>10.1f}")
-            sys.stdout.flush()
+    for n, load in settings(args.threads, args.load):
+        with busy_core(args.busy if load == "busy" else None) as described:
+            rows = _run(args.repeats)
+        print(f"\n=== {n} torch thread{'s' if n > 1 else ''}, {described} ===")
+        print(f"{'model':<22} {'update':<11} {'as shipped ms':>14} {'intra-op ms':>12} {'forced ms':>10}")
+        for label, name, shipped, intra, forced in rows:
+            print(f"{label:<22} {name:<11} {shipped:>14.1f} {intra:>12.1f} {forced:>10.1f}")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":
