@@ -1,20 +1,22 @@
-"""Chunks in parallel, each on one thread: how events and the per-step passes use several cores.
+"""Work items in parallel, each on one thread: how events and the per-step passes use several cores.
 
 An event (and the per-step gradient masking and ``snip_momentum`` accumulation) is a few dozen
 elementwise operations per chunk of every layer. Run as PyTorch intra-op parallel regions, every
 operation waits at a barrier for all its threads; when another process holds a core (a data-loader
 worker, a second job) every barrier waits for a descheduled thread, and the pass becomes several
-times slower than on one thread. :func:`parallel_map` runs whole chunks instead:
-``torch.get_num_threads()`` worker threads take chunks (of any layer of the pass) from a shared
-queue, largest first, and run their operations single-threaded (``torch.set_num_threads(1)`` while
-the map runs, so the kernels never open a parallel region). A worker on a busy core simply takes
-fewer chunks: nothing waits for it but the chunk it holds.
+times slower than on one thread. :func:`parallel_map` runs whole work items instead: the layers of
+an event (each layer's chunks in order on one thread, so its temporaries stay a share of its own
+bytes), or the pieces of a per-step pass. ``torch.get_num_threads()`` worker threads take items
+from a shared queue, largest first, and run their operations single-threaded
+(``torch.set_num_threads(1)`` while the map runs, so the kernels never open a parallel region). A
+worker on a busy core simply takes fewer items: nothing waits for it but the item it holds.
 
 Serial (in the calling thread, with its intra-op threads) when one thread is configured, when there
 is one item or little work (below :data:`MIN_PARALLEL_ELEMENTS`), when one item is more than half of
 the work (workers would wait for it), on other devices than the CPU
 (kernels there are asynchronous; a worker thread would also have another current stream), inside
-a worker (no nesting), and around ``torch.distributed`` collectives (callers keep them in order).
+a worker (no nesting), while another thread's map is running (the thread count is process-wide),
+and around ``torch.distributed`` collectives (callers keep them in order).
 
 Results never depend on the schedule: each item reads shared inputs and writes its own part of
 the outputs, results come back in the items' order, and buffers that chunks share are per thread
@@ -40,13 +42,15 @@ MIN_PARALLEL_ELEMENTS = 1 << 20
 #: of 1/32 of a layer, and below ~48K-element chunks the Python overhead of each operation (held
 #: under the GIL) outweighs its kernel: on layers of 1M weights two workers were slower than torch's
 #: two intra-op threads on an idle machine (12 x 1024^2, 1x1: 203 vs 154 ms) and barely faster with
-#: a busy core; from 2M weights on they were as fast idle and 1.4-4x faster busy
+#: a busy core; from 2M weights on they were up to ~40% slower idle and 1.6-3.7x faster busy
 #: (``benchmarks/bench_threads.py``)
 MIN_EVENT_LAYER = 3 << 19  # 1.5M
 
 _local = threading.local()
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+#: held while a map runs on workers: the thread count it lowers is process-wide
+_map_lock = threading.Lock()
 
 
 def thread_key() -> int:
@@ -94,8 +98,16 @@ def parallel_map(
     hold (no new item is started after it); the caller's grad mode holds in the workers.
     """
     n = workers_for(sizes, devices, min_mean)
-    if n == 1:
+    if n == 1 or not _map_lock.acquire(blocking=False):  # another thread's map holds the thread count
         return [fn(item) for item in items]
+    try:
+        return _run_on_workers(fn, items, sizes, n)
+    finally:
+        _map_lock.release()
+
+
+def _run_on_workers(fn: Callable[[T], R], items: Sequence[T], sizes: Sequence[int], n: int) -> list[R]:
+    """:func:`parallel_map` on ``n`` workers (the caller holds ``_map_lock``)."""
     order = sorted(range(len(items)), key=lambda i: -sizes[i])
     results: list[R | None] = [None] * len(items)
     errors: list[BaseException] = []

@@ -196,3 +196,27 @@ def test_an_error_raised_in_a_worker_is_not_lost(forced) -> None:
         parallel.parallel_map(fn, list(range(8)), [1 << 20] * 8, [torch.device("cpu")] * 8)
     assert torch.get_num_threads() == 2
     assert parallel.parallel_map(lambda i: i * i, list(range(8)), [1 << 20] * 8, [torch.device("cpu")] * 8) == [i * i for i in range(8)]
+
+
+def test_maps_from_two_threads_at_once_keep_the_thread_count(forced) -> None:
+    """The thread count is process-wide: a map started while another thread's map runs stays serial,
+    so every map restores what it found and the count ends as it began."""
+    started, release = threading.Event(), threading.Event()
+    results: dict[str, list[int]] = {}
+
+    def slow(i: int) -> int:
+        started.set()
+        release.wait(5)
+        return i
+
+    def first() -> None:
+        results["first"] = parallel.parallel_map(slow, [0, 1], [1 << 20] * 2, [torch.device("cpu")] * 2)
+
+    t = threading.Thread(target=first)
+    t.start()
+    assert started.wait(5)
+    results["second"] = parallel.parallel_map(lambda i: i + 10, [0, 1, 2], [1 << 20] * 3, [torch.device("cpu")] * 3)
+    release.set()
+    t.join(5)
+    assert results == {"first": [0, 1], "second": [10, 11, 12]}
+    assert torch.get_num_threads() == 2
