@@ -59,15 +59,6 @@ class BlockGrid(Protocol):
     def chunk(self, start: int) -> torch.Tensor:
         """The chunk :meth:`chunks` yields at flat block offset ``start`` (a multiple of the chunk size)."""
 
-    def chunk_starts(self) -> list[int]:
-        """The flat block offsets of the chunks :meth:`chunks` yields, in order."""
-
-    def part_starts(self) -> list[int]:
-        """The first (block row or flat) index of each part :meth:`parts` yields, in order."""
-
-    def part(self, start: int) -> Part:
-        """The part :meth:`parts` yields at ``start``; computed in the calling thread's buffers."""
-
     def sample(self, stride: int) -> torch.Tensor:
         """Every ``stride``-th block score (flat order), a new tensor."""
 
@@ -117,26 +108,20 @@ class TensorGrid:
         self.step = step if step is not None else max(1, self.chunk_size // max(cols, 1))
         self.extra = extra
 
-    def part_starts(self) -> list[int]:
-        return list(range(0, self.shape[0], self.step))
-
-    def part(self, start: int) -> Part:
-        stop = min(start + self.step, self.shape[0])
-        return start, stop, self.grid[start:stop], None if self.extra is None else self.extra[start:stop]
-
     def parts(self) -> Iterator[Part]:
-        return map(self.part, self.part_starts())
+        rows = self.shape[0]
+        for g0 in range(0, rows, self.step):
+            g1 = min(g0 + self.step, rows)
+            yield g0, g1, self.grid[g0:g1], None if self.extra is None else self.extra[g0:g1]
 
     @property
     def device(self) -> torch.device:
         return self.grid.device
 
-    def chunk_starts(self) -> list[int]:
-        return list(range(0, self.blocks, self.chunk_size))
-
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        for start in self.chunk_starts():
-            yield start, self.chunk(start)
+        size = self.chunk_size
+        for start in range(0, self.blocks, size):
+            yield start, self.flat[start : start + size]
 
     def chunk(self, start: int) -> torch.Tensor:
         return self.flat[start : start + self.chunk_size]
@@ -174,23 +159,15 @@ class StreamGrid:
     def device(self) -> torch.device:
         return self._device
 
-    def chunk_starts(self) -> list[int]:
-        return list(range(0, self.blocks, self.chunk_size))
-
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        for start in self.chunk_starts():
-            yield start, self.chunk(start)
-
-    def part_starts(self) -> list[int]:
-        return self.chunk_starts()
-
-    def part(self, start: int) -> Part:
-        """``(start, stop, scores, None)``: a flat element range (the layer's 2-D view is contiguous)."""
-        chunk = self.chunk(start)
-        return start, start + chunk.numel(), chunk, None
+        size = self.chunk_size
+        for start in range(0, self.blocks, size):
+            yield start, self._score(start, min(start + size, self.blocks))
 
     def parts(self) -> Iterator[Part]:
-        return map(self.part, self.part_starts())
+        """``(start, stop, scores, None)``: flat element ranges (the layer's 2-D view is contiguous)."""
+        for start, chunk in self.chunks():
+            yield start, start + chunk.numel(), chunk, None
 
     def chunk(self, start: int) -> torch.Tensor:
         return self._score(start, min(start + self.chunk_size, self.blocks))
@@ -239,23 +216,16 @@ class RowGrid:
     def device(self) -> torch.device:
         return self._device
 
-    def part_starts(self) -> list[int]:
-        return list(range(0, self.shape[0], self.step))
-
-    def part(self, start: int) -> Part:
-        stop = min(start + self.step, self.shape[0])
-        scores, extra = self._score_rows(start, stop)
-        return start, stop, scores, extra
-
     def parts(self) -> Iterator[Part]:
-        return map(self.part, self.part_starts())
-
-    def chunk_starts(self) -> list[int]:
-        return [g0 * self.shape[1] for g0 in self.part_starts()]
+        rows = self.shape[0]
+        for g0 in range(0, rows, self.step):
+            g1 = min(g0 + self.step, rows)
+            scores, extra = self._score_rows(g0, g1)
+            yield g0, g1, scores, extra
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
-        for start in self.chunk_starts():
-            yield start, self.chunk(start)
+        for g0, _, scores, _ in self.parts():
+            yield g0 * self.shape[1], scores.reshape(-1)
 
     def chunk(self, start: int) -> torch.Tensor:
         g0 = start // self.shape[1]
