@@ -822,39 +822,41 @@ class PrunerGroup:
             else:
                 parallel_map(fn, items, sizes, devices, MIN_EVENT_LAYER)
 
-        if cfg.scope == "local":
+        try:
+            if cfg.scope == "local":
 
-            def prune_layer(layer: Layer) -> None:
-                high = math.floor(cfg.max_sparsity_per_op * layer.numel + 1e-9)
-                budget = element_budget(ratio, layer.numel)
-                grid = self._grid(layer, step, ordered=min(budget, high) < self._prunable(layer), checked=checked)
-                self._set_mask(layer, grid, budget, optimizers, sync, high=high, apply=apply)
+                def prune_layer(layer: Layer) -> None:
+                    high = math.floor(cfg.max_sparsity_per_op * layer.numel + 1e-9)
+                    budget = element_budget(ratio, layer.numel)
+                    grid = self._grid(layer, step, ordered=min(budget, high) < self._prunable(layer), checked=checked)
+                    self._set_mask(layer, grid, budget, optimizers, sync, high=high, apply=apply)
 
-            each_layer(prune_layer, self.layers)
-        else:
-            numels = [layer.numel for layer in self.layers]
-            total = element_budget(ratio, sum(numels))
-            low = [math.ceil(min(cfg.min_sparsity_per_op, ratio) * n - 1e-9) for n in numels]
-            high = [math.floor(cfg.max_sparsity_per_op * n + 1e-9) for n in numels]
-            prunable = [self._prunable(layer) for layer in self.layers]
-            every = total >= sum(prunable) and all(h >= p for h, p in zip(high, prunable))
-            grids = parallel_map(
-                lambda layer: self._grid(layer, step, ordered=not every, checked=checked), self.layers, sizes, devices, MIN_EVENT_LAYER
-            )
-            budgets, threshold, counts = global_choice(grids, [self.patterns[l.name] for l in self.layers], total, low, high)
-
-            def commit_layer(i: int) -> None:
-                hint_counts = None if counts is None else counts[i]
-                self._set_mask(
-                    self.layers[i], grids[i], budgets[i], optimizers, sync, low=low[i], high=high[i], hint=threshold,
-                    hint_counts=hint_counts, apply=apply,
+                each_layer(prune_layer, self.layers)
+            else:
+                numels = [layer.numel for layer in self.layers]
+                total = element_budget(ratio, sum(numels))
+                low = [math.ceil(min(cfg.min_sparsity_per_op, ratio) * n - 1e-9) for n in numels]
+                high = [math.floor(cfg.max_sparsity_per_op * n + 1e-9) for n in numels]
+                prunable = [self._prunable(layer) for layer in self.layers]
+                every = total >= sum(prunable) and all(h >= p for h, p in zip(high, prunable))
+                grids = parallel_map(
+                    lambda layer: self._grid(layer, step, ordered=not every, checked=checked), self.layers, sizes, devices, MIN_EVENT_LAYER
                 )
-                grids[i] = None  # type: ignore[call-overload]  # its scores are not needed any more
+                budgets, threshold, counts = global_choice(grids, [self.patterns[l.name] for l in self.layers], total, low, high)
 
-            each_layer(commit_layer, list(range(len(self.layers))))
-            del grids
-            self._warn_capped(step, [l.name for l, b, h, p in zip(self.layers, budgets, high, prunable) if 0 < h < p and b >= h])
-        self._release_event_buffers()
+                def commit_layer(i: int) -> None:
+                    hint_counts = None if counts is None else counts[i]
+                    self._set_mask(
+                        self.layers[i], grids[i], budgets[i], optimizers, sync, low=low[i], high=high[i], hint=threshold,
+                        hint_counts=hint_counts, apply=apply,
+                    )
+                    grids[i] = None  # type: ignore[call-overload]  # its scores are not needed any more
+
+                each_layer(commit_layer, list(range(len(self.layers))))
+                del grids
+                self._warn_capped(step, [l.name for l, b, h, p in zip(self.layers, budgets, high, prunable) if 0 < h < p and b >= h])
+        finally:
+            self._release_event_buffers()
         self.ratio = ratio
         kept = torch.stack([torch.count_nonzero(m) for m in self.mask8.values()]).tolist()
         counts_pruned = {name: m.numel() - int(k) for (name, m), k in zip(self.mask8.items(), kept)}

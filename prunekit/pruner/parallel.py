@@ -18,6 +18,11 @@ the work (workers would wait for it), on other devices than the CPU
 a worker (no nesting), while another thread's map is running (the thread count is process-wide),
 and around ``torch.distributed`` collectives (callers keep them in order).
 
+Side effect: the thread count is process-wide. While a map runs, other threads of the process also
+see one thread (MKL's matrix products in them run single-threaded), and a thread that starts its
+first parallel work then keeps one thread (OpenMP sets it per thread, once). Under a dispatch or
+function mode (a profiler, an operation counter) maps run serially: worker threads would not see it.
+
 Results never depend on the schedule: each item reads shared inputs and writes its own part of
 the outputs, results come back in the items' order, and buffers that chunks share are per thread
 (:func:`thread_key`).
@@ -95,10 +100,15 @@ def parallel_map(
     serial when the mean item is smaller (see :data:`MIN_EVENT_LAYER`).
 
     The first exception raised by ``fn`` is re-raised after the workers have finished the items they
-    hold (no new item is started after it); the caller's grad mode holds in the workers.
+    hold (no new item is started after it); so is one raised in the caller while it waits (a
+    ``KeyboardInterrupt``): nothing runs on after the call returns. The caller's grad and inference
+    modes hold in the workers; under a dispatch or function mode (a profiler, a FakeTensor mode, an
+    operation counter), which a worker thread would not see, the map runs serially.
     """
     n = workers_for(sizes, devices, min_mean)
-    if n == 1 or not _map_lock.acquire(blocking=False):  # another thread's map holds the thread count
+    if n == 1 or torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack():  # noqa: SLF001
+        return [fn(item) for item in items]
+    if not _map_lock.acquire(blocking=False):  # another thread's map holds the thread count
         return [fn(item) for item in items]
     try:
         return _run_on_workers(fn, items, sizes, n)
@@ -113,12 +123,12 @@ def _run_on_workers(fn: Callable[[T], R], items: Sequence[T], sizes: Sequence[in
     errors: list[BaseException] = []
     queue = iter(order)
     lock = threading.Lock()
-    grad_enabled = torch.is_grad_enabled()
+    grad_enabled, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
 
     def work() -> None:
         _local.worker = True
         try:
-            with torch.set_grad_enabled(grad_enabled):
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad_enabled):
                 while True:
                     with lock:
                         if errors:
@@ -135,15 +145,37 @@ def _run_on_workers(fn: Callable[[T], R], items: Sequence[T], sizes: Sequence[in
         finally:
             _local.worker = False
 
-    pool = _get_pool(n)
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers' kernels never open a parallel region
+    if torch.get_num_threads() != 1:  # a backend that cannot change it now: the workers would not help
+        torch.set_num_threads(before)
+        return [fn(item) for item in items]
+    futures = []
     try:
-        futures = [pool.submit(work) for _ in range(n)]
+        pool = _get_pool(n)
+        for _ in range(n):
+            futures.append(pool.submit(work))
         for future in futures:
             future.result()
+    except BaseException as err:  # an interrupt (or a failed submit) in the caller: stop the workers first
+        with lock:
+            errors.append(err)
+        _wait_uninterrupted(futures)
+        raise
     finally:
         torch.set_num_threads(before)
     if errors:
         raise errors[0]
     return results  # type: ignore[return-value]
+
+
+def _wait_uninterrupted(futures: list) -> None:
+    """Wait until every worker has stopped, even through further interrupts (they stop after the item
+    they hold: leaving earlier would let them change tensors after the caller's exception)."""
+    pending = list(futures)
+    while pending:
+        try:
+            pending[0].exception()
+            pending.pop(0)
+        except BaseException:  # noqa: BLE001 - another Ctrl-C: keep waiting, it is re-raised by the caller
+            continue

@@ -450,7 +450,7 @@ class NMPattern:
         h = chunk.shape[0]
         if self.score_peak is not None:
             peak = chunk.amax()
-            with _PEAK_LOCK:  # row chunks of one layer may run on several threads
+            with _PEAK_LOCK:  # one layer's rows run on one thread today; the lock keeps this safe if that changes
                 torch.maximum(self.score_peak, peak, out=self.score_peak)
         pruned = None
         if any_pruned is not False:

@@ -423,8 +423,7 @@ class Pruning:
             )
         for group in self.groups:
             group.after_step(self._step, stepped)
-        # after a step without an optimizer step (prune_now) nothing moved the weights the event masked
-        if stepped and (self.reapply == "always" or reapply_needed(self._optimizers)):
+        if self.reapply == "always" or reapply_needed(self._optimizers):
             for group in self.groups:
                 group.reapply()
         self._step += 1

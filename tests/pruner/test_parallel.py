@@ -36,7 +36,7 @@ def forced(monkeypatch):
 
     def recording(sizes, devices, min_mean=0) -> int:
         n = original(sizes, devices, min_mean)
-        if n == 1 and len(sizes) > 1 and not parallel.in_worker():
+        if n == 1 and len(sizes) > 1 and not parallel.in_worker() and torch.get_num_threads() > 1:
             n = 2  # these tiny layers are unequal: the balance rule alone would keep them serial
         used.append(n)
         return n
@@ -49,6 +49,7 @@ def forced(monkeypatch):
 
 
 def _serial(fn):
+    """``fn()`` with one torch thread: every map in the caller (the forcing above needs two threads)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -60,6 +61,8 @@ def _serial(fn):
 @pytest.mark.parametrize("pattern,criterion,scope,target,arch", CASES)
 def test_layers_in_parallel_give_the_serial_masks_and_weights(forced, pattern, criterion, scope, target, arch) -> None:
     reference = _serial(lambda: run(pattern, criterion, scope, target, arch))
+    assert set(forced) == {1}  # the reference ran serially
+    forced.clear()
     got = run(pattern, criterion, scope, target, arch)
     single_small_layer = arch == "cnn" and ":" in pattern  # one conv of 1,728 weights: one piece, nothing to share
     assert max(forced) == (1 if single_small_layer else 2)  # the parallel path really ran
@@ -90,6 +93,8 @@ def test_adamw_state_and_gradients_match_in_parallel(forced, criterion) -> None:
         return {k: v.clone() for k, v in model.state_dict().items()}, {**state, **grads}
 
     reference = _serial(train)
+    assert set(forced) == {1}
+    forced.clear()
     got = train()
     assert max(forced) == 2
     for a, b in zip(reference, got):
@@ -220,3 +225,40 @@ def test_maps_from_two_threads_at_once_keep_the_thread_count(forced) -> None:
     t.join(5)
     assert results == {"first": [0, 1], "second": [10, 11, 12]}
     assert torch.get_num_threads() == 2
+
+
+def test_an_event_under_inference_mode_works_on_workers(forced) -> None:
+    with torch.inference_mode():  # a post-training session, tensors created under inference mode
+        model = _model()
+        session = prepare_pruning(model, {"pruners": [{"pattern": "1x1", "target_sparsity": 0.5}]})
+        session.prune_now()
+    assert max(forced) == 2
+    assert all(abs(row.sparsity - 0.5) < 0.01 for row in session.report())
+
+
+def test_an_interrupt_while_waiting_stops_the_workers_before_returning(forced, monkeypatch) -> None:
+    from concurrent.futures import Future
+
+    done: list[int] = []
+    interrupted = []
+    real_result = Future.result
+
+    def interrupting(self, timeout=None):
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real_result(self, timeout)
+
+    def slow(i: int) -> int:
+        threading.Event().wait(0.05)
+        done.append(i)
+        return i
+
+    monkeypatch.setattr(Future, "result", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        parallel.parallel_map(slow, list(range(12)), [1 << 20] * 12, [torch.device("cpu")] * 12)
+    finished = len(done)
+    threading.Event().wait(0.3)
+    assert len(done) == finished < 12  # nothing ran on after the call returned; the rest never started
+    assert torch.get_num_threads() == 2
+    assert parallel.parallel_map(lambda i: -i, [1, 2], [1 << 20] * 2, [torch.device("cpu")] * 2) == [-1, -2]
