@@ -23,19 +23,16 @@ is committed.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 
 from prunekit.pruner import masks as _masks
-from prunekit.pruner.parallel import MIN_EVENT_LAYER, parallel_map
 
 __all__ = [
-    "BlockGrid", "TensorGrid", "StreamGrid", "RowGrid", "as_grid", "event_chunk", "EVENT_CHUNKS", "EVENT_CHUNK_MAX", "map_chunks",
+    "BlockGrid", "TensorGrid", "StreamGrid", "RowGrid", "as_grid", "event_chunk", "EVENT_CHUNKS", "EVENT_CHUNK_MAX",
     "row_ranges", "rows_view", "gather_2d", "pack_bits", "unpack_bits",
 ]
-
-R = TypeVar("R")
 
 #: a part of a grid: (first block row, end block row, block scores [rows, grid cols] (flat for StreamGrid), extra)
 Part = tuple[int, int, torch.Tensor, Any]
@@ -233,28 +230,6 @@ class RowGrid:
 
     def sample(self, stride: int) -> torch.Tensor:
         return self._sample(stride)
-
-
-def map_chunks(grids: Sequence[BlockGrid], fn: Callable[[int, int, torch.Tensor], R]) -> list[list[R]]:
-    """``fn(grid index, start, chunk)`` for every chunk of every grid; per grid, the results in chunk order.
-
-    Grids run in parallel, each on one thread (:func:`~prunekit.pruner.parallel.parallel_map`), its
-    chunks in order: the chunk-sized temporaries of the grids in flight are each a small share of
-    their own layer, so an event's extra memory stays bounded by the layers' bytes whatever the
-    number of threads (chunks of one layer in parallel would multiply it). Each chunk is read in the
-    worker's buffers, so ``fn`` must be done with it when it returns.
-    """
-    def one(gi: int) -> list[R]:
-        return [fn(gi, start, chunk) for start, chunk in grids[gi].chunks()]
-
-    sizes = [_elements_of(g) for g in grids]
-    return parallel_map(one, list(range(len(grids))), sizes, [g.device for g in grids], MIN_EVENT_LAYER)
-
-
-def _elements_of(grid: BlockGrid) -> int:
-    """About how many weights ``grid`` scores (its blocks times their size)."""
-    pattern = grid.pattern
-    return grid.blocks * max(1, int(getattr(pattern, "m", None) or getattr(pattern, "block_numel", 1)))  # N:M: groups of m
 
 
 def row_ranges(rows: int, r: int, per: int) -> Iterator[tuple[int, int]]:

@@ -12,7 +12,7 @@ import copy
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, NamedTuple
 
 import torch
 
@@ -26,6 +26,7 @@ from prunekit.pruner.grids import (
     RowGrid,
     StreamGrid,
     TensorGrid,
+    _chunk_size,
     event_chunk,
     gather_2d,
     pack_bits,
@@ -150,6 +151,25 @@ def _res_shape(pattern: BlockPattern | NMPattern) -> tuple[int, int]:
     if isinstance(pattern, BlockPattern) and pattern.block_numel > 1:
         return pattern.grid_rows, pattern.grid_cols
     return pattern.rows, pattern.cols
+
+
+class _AccumulatedLayer(NamedTuple):
+    """What one step's accumulation needs of a layer, derived once per step (see ``PrunerGroup._accumulate``)."""
+
+    layer: Layer
+    pattern: BlockPattern | NMPattern
+    mask: torch.Tensor
+    acc: torch.Tensor
+    #: 2-D row views of the weight and its gradient
+    wv: torch.Tensor
+    gv: torch.Tensor
+    #: rows per chunk, and rows per block
+    per: int
+    r: int
+    #: zero the pruned gradients in the same pass (the gradient is streamable)
+    mask_grads: bool
+    #: (integer view of the flat gradient, flat mask, its integer dtype) for the widening AND, or None
+    fast: tuple[torch.Tensor, torch.Tensor, torch.dtype] | None
 
 
 class PrunerGroup:
@@ -449,65 +469,68 @@ class PrunerGroup:
         Row chunks of about ``_masks.CHUNK`` elements, for every layout, in parallel
         (:func:`~prunekit.pruner.parallel.parallel_map`); blocks taller than a chunk (``channelx1``)
         are reduced chunk by chunk into their block row (one work item per block row) before it is
-        accumulated.
+        accumulated. Each layer's views and sizes are derived once per step, here.
         """
         grads = [self._grad(layer, step) for layer in self.layers]  # every layer has one before any is touched
-        items: list[tuple[Layer, torch.Tensor, bool, list[tuple[int, int]]]] = []
+        items: list[tuple[_AccumulatedLayer, list[tuple[int, int]]]] = []
         for layer, grad in zip(self.layers, grads):
             pattern = self.patterns[layer.name]
+            mask = self.mask8[layer.name]
             if layer.name not in self.scores:
                 self.scores[layer.name] = torch.zeros(_res_shape(pattern), dtype=torch.float32, device=layer.weight.device)
             streamable = self._streamable(layer, grad)
             if mask_grads and not streamable:
-                mask_grad_(layer.weight, self.mask8[layer.name])
+                mask_grad_(layer.weight, mask)
             per, r = self._chunk_rows(layer), _row_block(pattern)
+            cols = layer.layout.cols
+            # this runs every step: the gradient masking goes straight to the widening AND when it can
+            int_dtype = _masks.INT_OF_SIZE.get(grad.element_size())
+            fast_mask = (
+                mask_grads and streamable and grad.device.type == "cpu" and grad.is_floating_point()
+                and int_dtype is not None and per * cols <= _masks.CHUNK
+            )
+            acc_layer = _AccumulatedLayer(
+                layer, pattern, mask, self.scores[layer.name],
+                rows_view(layer.weight.detach(), layer.layout.kind), rows_view(grad, layer.layout.kind),
+                per, r, mask_grads and streamable,
+                (grad.view(int_dtype).view(-1), mask.view(-1), int_dtype) if fast_mask else None,
+            )
             ranges = list(row_ranges(layer.layout.rows, r, per))
             if r > per:  # a block row folded over several chunks: one item, in order
                 for a0 in range(0, layer.layout.rows, r):
-                    items.append((layer, grad, streamable and mask_grads, [(a, b) for a, b in ranges if a0 <= a < a0 + r]))
+                    items.append((acc_layer, [(a, b) for a, b in ranges if a0 <= a < a0 + r]))
             else:
-                items.extend((layer, grad, streamable and mask_grads, [rng]) for rng in ranges)
+                items.extend((acc_layer, [rng]) for rng in ranges)
         parallel_map(
             lambda item: self._accumulate_rows(*item),
             items,
-            [sum(b - a for a, b in item[3]) * item[0].layout.cols for item in items],
-            [item[0].weight.device for item in items],
+            [sum(b - a for a, b in ranges) * acc.layer.layout.cols for acc, ranges in items],
+            [acc.layer.weight.device for acc, _ in items],
         )
 
-    def _accumulate_rows(self, layer: Layer, grad: torch.Tensor, mask_grads: bool, ranges: list[tuple[int, int]]) -> None:
-        """:meth:`_accumulate` for the row ranges ``ranges`` of one layer (``mask_grads``: zero their pruned
-        gradients in the same pass; the gradient is streamable)."""
+    def _accumulate_rows(self, lay: _AccumulatedLayer, ranges: list[tuple[int, int]]) -> None:
+        """:meth:`_accumulate` for the row ranges ``ranges`` of one layer (in the calling thread's buffers)."""
         reduce = self.config.reduce
-        pattern = self.patterns[layer.name]
-        mask = self.mask8[layer.name]
-        device = layer.weight.device
-        acc = self.scores[layer.name]
-        rows, cols = layer.layout.rows, layer.layout.cols
-        wv, gv = rows_view(layer.weight.detach(), layer.layout.kind), rows_view(grad, layer.layout.kind)
-        per = self._chunk_rows(layer)
+        pattern, acc, per, r = lay.pattern, lay.acc, lay.per, lay.r
+        rows, cols = lay.layer.layout.rows, lay.layer.layout.cols
+        device = lay.layer.weight.device
         scratch = self._scratch(device, min(per, rows) * cols)
         blocks = isinstance(pattern, BlockPattern) and pattern.block_numel > 1
-        r = _row_block(pattern)
         tall = r > per
         if blocks:
             reduced = self._scratch(device, (1 if tall else -(-min(per, rows) // r)) * pattern.grid_cols, "blocks")
             fold = None
-        # this runs every step: the gradient masking goes straight to the widening AND when it can
-        int_dtype = _masks.INT_OF_SIZE.get(grad.element_size())
-        fast_mask = (
-            mask_grads and grad.device.type == "cpu" and grad.is_floating_point() and int_dtype is not None and per * cols <= _masks.CHUNK
-        )
-        if fast_mask:
-            g_bits, m_flat = grad.view(int_dtype).view(-1), mask.view(-1)
-            widened = _masks.widen_buffer(grad.device, int_dtype)
+        if lay.fast is not None:
+            g_bits, m_flat, int_dtype = lay.fast
+            widened = _masks.widen_buffer(device, int_dtype)
         for a, b in ranges:
-            if fast_mask:
+            if lay.fast is not None:
                 _masks.and_widened_(g_bits[a * cols : b * cols], m_flat[a * cols : b * cols], widened)
-            elif mask_grads:
-                zero_pruned_(gv[a:b], mask[a:b])
-            wa = wv[a:b]
+            elif lay.mask_grads:
+                zero_pruned_(lay.gv[a:b], lay.mask[a:b])
+            wa = lay.wv[a:b]
             out = scratch[: (b - a) * cols].view(wa.shape)
-            s = self.criterion.score(wa, gv[a:b], out=out).reshape(b - a, cols)
+            s = self.criterion.score(wa, lay.gv[a:b], out=out).reshape(b - a, cols)
             if blocks and not tall:
                 target = acc[a // r : -(-b // r)]
                 res = pattern.rows_pattern(b - a).resolution(s, reduce, out=reduced[: target.numel()].view(target.shape))
@@ -922,11 +945,12 @@ class PrunerGroup:
         nm = isinstance(pattern, NMPattern)
         r = 1 if nm or flat else pattern.r
         gc = grid.shape[1]
+        buf = torch.empty(max(_chunk_size(grid), getattr(grid, "step", 0) * gc), dtype=torch.int8, device=mask.device)
 
         def decide(start: int, stop: int, scores: torch.Tensor, extra: Any) -> torch.Tensor:
             """int8 0/1 keep of a part: its weights (flat ranges, N:M) or blocks."""
             offset = start if flat else start * gc
-            keep = choice.keep(offset, scores, out=torch.empty(scores.shape, dtype=torch.int8, device=mask.device))
+            keep = choice.keep(offset, scores, out=buf[: scores.numel()].view(scores.shape))
             return pattern.element_keep(keep, extra) if nm else keep
 
         def commit(start: int, stop: int, keep: torch.Tensor) -> None:

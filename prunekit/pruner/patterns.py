@@ -19,7 +19,6 @@ A *grid* holds one score per block (per group for N:M). Blocks already pruned ge
 from __future__ import annotations
 
 import itertools
-import threading
 from typing import Callable, Literal, Protocol
 
 import torch
@@ -449,9 +448,7 @@ class NMPattern:
         """
         h = chunk.shape[0]
         if self.score_peak is not None:
-            peak = chunk.amax()
-            with _PEAK_LOCK:  # one layer's rows run on one thread today; the lock keeps this safe if that changes
-                torch.maximum(self.score_peak, peak, out=self.score_peak)
+            torch.maximum(self.score_peak, chunk.amax(), out=self.score_peak)
         pruned = None
         if any_pruned is not False:
             pruned = self.pruned_groups(mask_rows)
@@ -520,8 +517,6 @@ class NMPattern:
 #: temporaries of ranking one group of M, per weight, in float32 units (pairs / M differences; M = 8
 #: ranks the 7 pairs of one weight at a time, twice for its 2 words; a sort: values and int64 indices)
 _RANK_TEMPORARIES = {2: 0.5, 4: 1.5, 8: 1.75}
-#: serializes the updates of NMPattern.score_peak
-_PEAK_LOCK = threading.Lock()
 #: the integer word holding one byte per weight of a group of M
 _WORD_DTYPES = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _pair_weights_cache: dict[tuple[int, int, torch.device], torch.Tensor] = {}

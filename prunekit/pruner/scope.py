@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import torch
 
-from prunekit.pruner.grids import BlockGrid, as_grid, map_chunks
+from prunekit.pruner.grids import BlockGrid, _chunk_size, as_grid
+from prunekit.pruner.parallel import MIN_EVENT_LAYER, parallel_map
 from prunekit.pruner.patterns import BlockPattern, NMPattern
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 Pattern = BlockPattern | NMPattern
+R = TypeVar("R")
 
 
 def _f32(bits: int) -> float:
@@ -72,24 +74,36 @@ def _counts(grids: Sequence[BlockGrid], tests: Sequence[tuple[str, float]]) -> l
     Equal-sized blocks are counted by summing float32 0/1 comparison flags (several times faster
     than bool comparisons on CPU, exact below 2^24 per chunk); other grids through their block sizes.
     """
-    compares = [torch.le if op == "le" else torch.lt for op, _ in tests]
 
-    def count(gi: int, start: int, chunk: torch.Tensor) -> torch.Tensor:
-        """float64 ``[tests]`` counts of one chunk (blocks for equal-sized blocks, else elements)."""
-        grid = grids[gi]
-        if grid.pattern.uniform:
-            flag = torch.empty(chunk.numel(), dtype=torch.float32, device=chunk.device)
-            return torch.stack([compare(chunk, v, out=flag).sum().double() for compare, (_, v) in zip(compares, tests)])
-        return torch.stack([_count(compare(chunk, v), grid, start).double() for compare, (_, v) in zip(compares, tests)])
+    def count(grid: BlockGrid) -> list[int]:
+        uniform = grid.pattern.uniform
+        flag = torch.empty(_chunk_size(grid), dtype=torch.float32, device=grid.device) if uniform else None
+        parts: list[list[torch.Tensor]] = [[] for _ in tests]
+        for start, chunk in grid.chunks():
+            for ti, (op, v) in enumerate(tests):
+                compare = torch.le if op == "le" else torch.lt
+                if flag is not None:
+                    parts[ti].append(compare(chunk, v, out=flag[: chunk.numel()]).sum().double())
+                else:
+                    parts[ti].append(_count(compare(chunk, v), grid, start).double())
+        zero = torch.zeros((), dtype=torch.float64, device=grid.device)
+        scale = grid.pattern.block_numel if uniform else 1
+        totals = torch.stack([torch.stack(p).sum() if p else zero for p in parts])
+        return [int(value) * scale for value in totals.tolist()]  # one host read per layer and pass
 
     out = [[0] * len(grids) for _ in tests]
-    for li, (grid, parts) in enumerate(zip(grids, map_chunks(grids, count))):
-        if not parts:
-            continue
-        scale = grid.pattern.block_numel if grid.pattern.uniform else 1
-        for ti, value in enumerate(torch.stack(parts).sum(0).tolist()):  # one host read per layer and pass
-            out[ti][li] = int(value) * scale
+    for li, values in enumerate(_each_grid(count, grids)):
+        for ti, value in enumerate(values):
+            out[ti][li] = value
     return out
+
+
+def _each_grid(fn: Callable[[BlockGrid], R], grids: Sequence[BlockGrid]) -> list[R]:
+    """``[fn(g) for g in grids]``, grids in parallel, each on one thread (:func:`~prunekit.pruner.parallel.parallel_map`):
+    a grid's chunk-sized temporaries are a small share of its own layer's bytes, so an event's extra
+    memory stays bounded by the layers' bytes whatever the number of threads."""
+    weights = [g.blocks * max(1, int(getattr(g.pattern, "m", None) or g.pattern.block_numel)) for g in grids]  # N:M: groups of m
+    return parallel_map(fn, list(grids), weights, [g.device for g in grids], MIN_EVENT_LAYER)
 
 
 def _counts_le(grids: Sequence[BlockGrid], values: Sequence[float]) -> list[list[int]]:
@@ -396,35 +410,36 @@ def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float) -> tuple[list[
     few percent of the scores (the sample's slack), so this is small.
     """
 
-
-    def one(gi: int, start: int, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Of one chunk: the count ``<= a`` (blocks or elements, 0-d), the scores in ``(a, b]`` and, for
-        unequal blocks, their flat indices (host tensors)."""
-        g = grids[gi]
-        n = chunk.numel()
-        # float32 0/1 flags: several times faster than bool comparisons on CPU; exact sums
-        upto_a = torch.le(chunk, a, out=torch.empty(n, dtype=torch.float32, device=chunk.device))
-        na = upto_a.sum() if g.pattern.uniform else _count(upto_a.bool(), g, start)
-        # inside (a, b]: (score <= b) - (score <= a), as int8 0/1 flags
-        between = torch.le(chunk, b, out=torch.empty(n, dtype=torch.int8, device=chunk.device)).sub_(upto_a.to(torch.int8)).view(torch.bool)
-        if g.pattern.uniform:
-            return na, chunk[between].cpu(), None
-        i = torch.nonzero(between).view(-1)
-        return na, chunk[i].cpu(), (i + start).cpu()
-
-    a_counts, inside = [], []
-    for g, parts in zip(grids, map_chunks(grids, one)):
+    def one(g: BlockGrid) -> tuple[int, _Bracket]:
         uniform = g.pattern.uniform
-        ca = int(torch.stack([p[0] for p in parts]).double().sum()) if parts else 0
-        v = torch.cat([p[1] for p in parts]) if parts else torch.empty(0)
+        na: list[torch.Tensor] = []
+        vals, idx = [], []
+        flag = torch.empty(_chunk_size(g), dtype=torch.float32, device=g.device)
+        inside_flag = torch.empty(_chunk_size(g), dtype=torch.int8, device=g.device)
+        for start, chunk in g.chunks():
+            n = chunk.numel()
+            # float32 0/1 flags: several times faster than bool comparisons on CPU; exact sums
+            upto_a = torch.le(chunk, a, out=flag[:n])
+            na.append(upto_a.sum() if uniform else _count(upto_a.bool(), g, start))
+            # inside (a, b]: (score <= b) - (score <= a), as int8 0/1 flags
+            between = torch.le(chunk, b, out=inside_flag[:n]).sub_(upto_a.to(torch.int8)).view(torch.bool)
+            if uniform:
+                vals.append(chunk[between].cpu())
+            else:
+                i = torch.nonzero(between).view(-1)
+                vals.append(chunk[i].cpu())
+                idx.append((i + start).cpu())
+        ca = int(torch.stack(na).double().sum()) if na else 0
+        v = torch.cat(vals) if vals else torch.empty(0)
         if uniform:
             sizes = index = None
         else:
-            index = torch.cat([p[2] for p in parts]) if parts else torch.empty(0, dtype=torch.int64)
+            index = torch.cat(idx) if idx else torch.empty(0, dtype=torch.int64)
             sizes = g.pattern.sizes_of(index).to(torch.int64)
-        a_counts.append(ca * g.pattern.block_numel if uniform else ca)
-        inside.append(_Bracket(v, sizes, g.pattern.block_numel, index))
-    return a_counts, inside
+        return ca * g.pattern.block_numel if uniform else ca, _Bracket(v, sizes, g.pattern.block_numel, index)
+
+    results = _each_grid(one, grids)
+    return [count for count, _ in results], [bracket for _, bracket in results]
 
 
 class _Bracket:

@@ -27,10 +27,10 @@ def forced(monkeypatch):
     monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
     monkeypatch.setattr(parallel, "MIN_EVENT_LAYER", 0)
     import prunekit.pruner.group as group_mod
-    import prunekit.pruner.grids as grids_mod
+    import prunekit.pruner.scope as scope_mod
 
     monkeypatch.setattr(group_mod, "MIN_EVENT_LAYER", 0)
-    monkeypatch.setattr(grids_mod, "MIN_EVENT_LAYER", 0)
+    monkeypatch.setattr(scope_mod, "MIN_EVENT_LAYER", 0)
     used: list[int] = []
     original = parallel.workers_for
 
