@@ -50,7 +50,8 @@ from prunekit.pruner.masks import (
 )
 from prunekit.pruner.patterns import PRUNED, BlockPattern, NMPattern, make_pattern
 from prunekit.pruner.scope import choose_blocks, element_budget, global_choice
-from prunekit.pruner.selection import Layer
+from prunekit.pruner.selection import Layer, Layout
+from prunekit.pruner.sharding import RowShard, ShardComm, as_dtensor, global_counts, is_dtensor
 from prunekit.schedulers.base import PruningEvent, Scheduler
 
 __all__ = ["PruningRecord", "PrunerGroup", "GRID_SHARE", "FIXED_PER_CHUNK_ELEMENT"]
@@ -146,6 +147,11 @@ def _row_block(pattern: BlockPattern | NMPattern) -> int:
     return pattern.r if isinstance(pattern, BlockPattern) else 1
 
 
+def _res_height(pattern: BlockPattern | NMPattern) -> int:
+    """Weight rows per row of the score resolution (:func:`_res_shape`)."""
+    return pattern.r if isinstance(pattern, BlockPattern) and pattern.block_numel > 1 else 1
+
+
 def _res_shape(pattern: BlockPattern | NMPattern) -> tuple[int, int]:
     """Shape of the resolution scores are kept at (block grid; elements for 1x1 and N:M)."""
     if isinstance(pattern, BlockPattern) and pattern.block_numel > 1:
@@ -209,9 +215,19 @@ class PrunerGroup:
             pattern = self._layer_pattern(spec, layer, where)
             if pattern is not None:
                 self.patterns[layer.name] = pattern
-        #: int8 masks, -1 = kept, 0 = pruned (1 byte per weight; see prunekit.pruner.masks)
-        self.mask8: dict[str, torch.Tensor] = {layer.name: new_mask(layer.weight) for layer in layers}
-        self._pairs = [(layer.weight, self.mask8[layer.name]) for layer in layers]
+        #: the process group of the layers FSDP2 shards (one per group), see prunekit.pruner.sharding
+        self.shard: RowShard | None = self._common_shard(layers)
+        #: the patterns of whole sharded layers (self.patterns holds those of this rank's rows)
+        self.global_patterns: dict[str, BlockPattern | NMPattern] = {}
+        for layer in layers:
+            if layer.shard is not None and layer.name in self.patterns:
+                self._check_shardable(layer, self.patterns[layer.name])
+                self.global_patterns[layer.name] = make_pattern(
+                    spec, Layout(layer.layout.kind, layer.shard.global_shape), where=f"pruner {self.name!r}, layer {layer.name!r}"
+                )
+        #: int8 masks, -1 = kept, 0 = pruned (1 byte per weight; see prunekit.pruner.masks); of this rank's rows when sharded
+        self.mask8: dict[str, torch.Tensor] = {layer.name: new_mask(layer.data) for layer in layers}
+        self._pairs = [(layer, self.mask8[layer.name]) for layer in layers]
         self.scores: dict[str, torch.Tensor] = {}
         #: the sparsity ratio in force (the last event's target)
         self.ratio = 0.0
@@ -227,6 +243,47 @@ class PrunerGroup:
         self.regularizer: Regularizer | None = None
         if config.regularizer is not None:
             self.regularizer = REGULARIZERS.get(config.regularizer.type)(config.regularizer)
+
+    def _common_shard(self, layers: list[Layer]) -> RowShard | None:
+        """The shard of the group's sharded layers (they must share one process group)."""
+        shards = [layer.shard for layer in layers if layer.shard is not None]
+        if not shards:
+            return None
+        for layer in layers:
+            if layer.shard is not None and layer.shard.group is not shards[0].group:
+                raise PruningError(
+                    f"pruner {self.name!r}, layer {layer.name!r}: its weight is sharded over another process group "
+                    f"than layer {layers[0].name!r}'s; a pruner group prunes layers of one FSDP2 mesh"
+                )
+        if type(self).needs_whole_layers():
+            raise PruningError(
+                f"pruner {self.name!r}: pruner type {self.config.type!r} does not prune FSDP2-sharded weights yet "
+                f"(layer {next(l.name for l in layers if l.shard is not None)!r} is sharded); use type: basic "
+                f"(with any pattern, criterion and scheduler), or prune before fully_shard"
+            )
+        return shards[0]
+
+    @classmethod
+    def needs_whole_layers(cls) -> bool:
+        """True for pruner types that cannot prune sharded weights (their extra state is per whole layer)."""
+        return cls.extra_state is not PrunerGroup.extra_state or cls._prune is not PrunerGroup._prune
+
+    def _check_shardable(self, layer: Layer, pattern: BlockPattern | NMPattern) -> None:
+        """A block row must lie in one shard: its height must divide FSDP2's shard boundaries."""
+        shard = layer.shard
+        assert shard is not None
+        height = _row_block(pattern)
+        if height == 1 or shard.aligned(height):
+            return
+        bounds = [s for s in shard.starts[1:-1] if s % height and s < shard.rows]
+        raise PruningError(
+            f"pruner {self.name!r}, layer {layer.name!r}: pattern {self.config.pattern!r} has blocks of {height} rows, "
+            f"but FSDP2 splits the layer's {shard.rows} output rows over {shard.world} ranks at row(s) "
+            f"{', '.join(map(str, bounds[:4]))}, inside a block; prunekit prunes a block on the rank that holds it "
+            f"whole. Use a world size whose shards of ceil({shard.rows} / world) rows are a multiple of {height}, "
+            f"a pattern whose block height divides them ({'1xchannel, ' if height > 1 else ''}1x1, N:M, 1xM), "
+            f"or exclude the layer with excluded_op_names"
+        )
 
     def _layer_pattern(self, spec: Any, layer: Layer, where: str) -> BlockPattern | NMPattern | None:
         """The pattern object that scores and masks ``layer`` (None for a type that works on units of
@@ -245,8 +302,30 @@ class PrunerGroup:
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
-        """``{layer name: bool mask}``, True = kept (new tensors)."""
-        return {name: kept_bool(mask) for name, mask in self.mask8.items()}
+        """``{layer name: bool mask}``, True = kept (new tensors); of a sharded layer a DTensor laid out
+        like its weight (``full_tensor()`` gathers it)."""
+        return {layer.name: self._whole(layer, kept_bool(self.mask8[layer.name])) for layer in self.layers}
+
+    def _whole(self, layer: Layer, local: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """``local`` (this rank's part of a per-layer tensor) as the whole layer's: a DTensor when sharded."""
+        return local if layer.shard is None else as_dtensor(local, layer.shard, shape)
+
+    def _local_part(self, layer: Layer, saved: torch.Tensor, kind: str) -> torch.Tensor:
+        """This rank's part of a saved mask or score tensor of a sharded layer: a DTensor's local shard
+        (loaded with ``torch.distributed.checkpoint``, any world size), or the rows of a whole tensor
+        (saved by one process); anything else is returned as it is (and refused by the shape check)."""
+        if is_dtensor(saved):
+            return saved.to_local()
+        shard = layer.shard
+        if shard is None or not isinstance(saved, torch.Tensor) or saved.dim() == 0:
+            return saved
+        if kind == "mask":
+            whole, height = shard.global_shape, 1
+        else:
+            whole, height = _res_shape(self._whole_pattern(layer)), _res_height(self.patterns[layer.name])
+        if tuple(saved.shape) != tuple(whole) or height > 1 and not shard.aligned(height):
+            return saved
+        return saved[shard.row0 // height : -(-shard.row1 // height)]
 
     def check_layers(self) -> None:
         """Raise :class:`PruningError` when a layer's weight is no longer the Parameter (and shape) the group prunes.
@@ -257,6 +336,8 @@ class PrunerGroup:
         """
         for layer in self.layers:
             live = layer.module._parameters.get("weight") if isinstance(layer.module, torch.nn.Module) else None
+            if layer.shard is not None and live is not None and not is_dtensor(live):
+                continue  # FSDP2 registers the gathered weight between forward and backward; the shard comes back
             if live is not layer.weight:
                 raise PruningError(
                     f"pruner {self.name!r}, layer {layer.name!r}: the module's weight is no longer the Parameter this "
@@ -270,10 +351,10 @@ class PrunerGroup:
                     f"{layer.weight.device} after the session was built (model.to(...)); its masks and scores stay "
                     f"where they were. Move the model first, then build the Pruning session (and the optimizer)"
                 )
-            if tuple(layer.weight.shape) != layer.layout.shape:
+            if tuple(layer.data.shape) != layer.layout.shape:
                 raise PruningError(
                     f"pruner {self.name!r}, layer {layer.name!r}: the weight's shape changed from "
-                    f"{list(layer.layout.shape)} to {list(layer.weight.shape)} after the session was built; its masks "
+                    f"{list(layer.layout.shape)} to {list(layer.data.shape)} after the session was built; its masks "
                     f"and scores no longer fit. Build a new Pruning session for the resized model"
                 )
 
@@ -304,8 +385,8 @@ class PrunerGroup:
         if period is None or (self._floored_at is not None and 0 <= step - self._floored_at < period):
             return
         found = False
-        for weight, mask in self._pairs:
-            found = floor_second_moments_(optimizers, weight, mask) or found
+        for layer, mask in self._pairs:
+            found = floor_second_moments_(optimizers, layer.weight, mask) or found
         if found:  # the state exists from the optimizer's first step on
             self._floored_at = step
 
@@ -370,15 +451,23 @@ class PrunerGroup:
         """
         for layer in self.layers:
             mask = self.mask8[layer.name]
-            nonzero = layer.weight.detach().ne(0)
+            nonzero = layer.data.ne(0)
             pattern = self.patterns[layer.name]
             if whole_units and pattern.block_numel > 1 or whole_units and isinstance(pattern, NMPattern):
                 nonzero = layer.layout.from_2d(self._unit_keep(layer.layout.to_2d(nonzero), pattern))
             mask.bitwise_and_(nonzero.contiguous().view(mask.shape).view(torch.int8).neg_())  # True -> 1 -> -1 (kept)
-        zeros = sum(m.numel() - int(torch.count_nonzero(m)) for m in self.mask8.values())
-        total = sum(m.numel() for m in self.mask8.values())
-        self.has_pruned = self.has_pruned or zeros > 0
-        return zeros / total if total else 0.0
+        zeros, total = self._pruned_counts()
+        self.has_pruned = self.has_pruned or sum(zeros.values()) > 0
+        return sum(zeros.values()) / total if total else 0.0
+
+    def _pruned_counts(self) -> tuple[dict[str, int], int]:
+        """Pruned elements per layer (whole layers: summed over the ranks when sharded) and the group's element count."""
+        names = list(self.mask8)
+        kept = torch.stack([torch.count_nonzero(m) for m in self.mask8.values()]).tolist() if names else []
+        pruned = [m.numel() - int(k) for m, k in zip(self.mask8.values(), kept)]
+        if self.shard is not None:
+            pruned = global_counts(pruned, self.shard, [layer.shard is not None for layer in self.layers])
+        return dict(zip(names, pruned)), sum(layer.total_numel for layer in self.layers)
 
     @staticmethod
     def _unit_keep(nonzero2d: torch.Tensor, pattern: BlockPattern | NMPattern) -> torch.Tensor:
@@ -400,21 +489,21 @@ class PrunerGroup:
         if not self.has_pruned:
             return
         dense = []
-        for weight, mask in self._pairs:
-            grad = weight.grad
+        for layer, mask in self._pairs:
+            grad = layer.grad
             if grad is not None and grad.layout == torch.strided:
                 dense.append((grad, mask))
             else:
-                mask_grad_(weight, mask)  # no gradient, or a sparse one
+                mask_grad_(layer.weight, mask)  # no gradient, or a sparse one
         zero_pruned_many_(dense)
 
     def reapply(self) -> None:
         """Apply every mask to its weight again (after an optimizer step)."""
         if self.has_pruned:
-            zero_pruned_many_([(weight.data, mask) for weight, mask in self._pairs])
+            zero_pruned_many_([(layer.data, mask) for layer, mask in self._pairs])
 
     def _grad(self, layer: Layer, step: int) -> torch.Tensor | None:
-        grad = layer.weight.grad
+        grad = layer.grad
         if grad is None and self.criterion.needs_grad:
             raise PruningError(
                 f"pruner {self.name!r}, layer {layer.name!r}: criterion {self.criterion.name!r} needs gradients but "
@@ -435,7 +524,7 @@ class PrunerGroup:
 
     def _streamable(self, layer: Layer, grad: torch.Tensor | None) -> bool:
         """True when chunks of the 2-D view are contiguous slices of the weight (and gradient)."""
-        w = layer.weight
+        w = layer.data
         return (
             layer.layout.kind == "linear"
             and w.is_contiguous()
@@ -491,7 +580,7 @@ class PrunerGroup:
             )
             acc_layer = _AccumulatedLayer(
                 layer, pattern, mask, self.scores[layer.name],
-                rows_view(layer.weight.detach(), layer.layout.kind), rows_view(grad, layer.layout.kind),
+                rows_view(layer.data, layer.layout.kind), rows_view(grad, layer.layout.kind),
                 per, r, mask_grads and streamable,
                 (grad.view(int_dtype).view(-1), mask.view(-1), int_dtype) if fast_mask else None,
             )
@@ -571,7 +660,13 @@ class PrunerGroup:
             if isinstance(pattern, NMPattern) and isinstance(grid, RowGrid):
                 for _ in grid.chunks():  # a pass that sets score_peak
                     pass
-            if not self._grid_finite(layer, grid):
+            finite = self._grid_finite(layer, grid)
+            if self.shard is not None and global_counts([0 if finite else 1], self.shard)[0] and finite:
+                raise PruningError(
+                    f"pruner {self.name!r}, layer {layer.name!r}: {self.criterion.name} scores at optimizer step {step} are "
+                    f"not finite on another rank (that rank says more); nothing was pruned at this event"
+                )
+            if not finite:
                 raise PruningError(
                     f"pruner {self.name!r}, layer {layer.name!r}: {self.criterion.name} scores at optimizer step {step} are "
                     f"not finite; criterion {self.criterion.name!r} produced NaN/inf from finite weights"
@@ -601,7 +696,7 @@ class PrunerGroup:
         proven = True
         checks: list[tuple[Layer, str, torch.Tensor]] = []
         for layer in self.layers:
-            weight = layer.weight.detach()
+            weight = layer.data
             if weight.numel() == 0:
                 continue
             checks.append((layer, "weights", weight))
@@ -621,6 +716,12 @@ class PrunerGroup:
         for indices in by_device.values():
             extremes = torch.stack([torch.stack(torch.aminmax(checks[i][2])).float() for i in indices])
             failed += [i for i, ok in zip(indices, torch.isfinite(extremes).all(1).tolist()) if not ok]
+        if self.shard is not None and global_counts([len(failed)], self.shard)[0] and not failed:
+            raise PruningError(
+                f"pruner {self.name!r}: weights, gradients or scores of a layer are not finite (NaN/inf) on another "
+                f"rank at optimizer step {step} (that rank names the layer), so no pruning decision can be made "
+                f"(nothing was pruned at this event); fix the divergence, then train on"
+            )
         if failed:  # NaN weights make NaN gradients in other layers: name a layer whose weights are the cause
             layer, what, _ = checks[min(failed, key=lambda i: (checks[i][1] != "weights", i))]
             raise PruningError(
@@ -644,7 +745,7 @@ class PrunerGroup:
 
     def _stream_grid(self, layer: Layer, pattern: BlockPattern, grad: torch.Tensor | None) -> StreamGrid:
         """1x1 scores computed chunk by chunk from the weight (and gradient) or the accumulated scores."""
-        w = layer.weight.detach().view(-1)
+        w = layer.data.view(-1)
         g = grad.view(-1) if grad is not None else None
         m = self.mask8[layer.name].view(-1)
         acc = self.scores[layer.name].view(-1) if self.criterion.accumulates else None
@@ -692,7 +793,7 @@ class PrunerGroup:
         kind = layer.layout.kind
         device = layer.weight.device
         criterion = self.criterion
-        wv = rows_view(layer.weight.detach(), kind)
+        wv = rows_view(layer.data, kind)
         gv = rows_view(grad, kind) if grad is not None and acc is None else None
         mask = self.mask8[layer.name]
         mv = rows_view(mask, kind)
@@ -835,37 +936,37 @@ class PrunerGroup:
         optimizer state unless ``apply`` is False (a type that zeroes them later, see ``progressive``)."""
         cfg = self.config
         checked = self._check_finite(step)  # before any mask changes
-        # layers in parallel, each on one thread (parallel.py), except when broadcasts must keep one order
-        sizes, devices = [l.numel for l in self.layers], [l.weight.device for l in self.layers]
+        # layers in parallel, each on one thread (parallel.py), except when collectives (broadcasts, the
+        # reductions of sharded layers) must keep one order
+        sizes, devices = [l.numel for l in self.layers], [l.data.device for l in self.layers]
+        serial = sync or self.shard is not None
 
-        def each_layer(fn: Any, items: list[Any]) -> None:
-            if sync:
-                for item in items:
-                    fn(item)
-            else:
-                parallel_map(fn, items, sizes, devices, MIN_EVENT_LAYER)
+        def each_layer(fn: Any, items: list[Any]) -> list[Any]:
+            if serial:
+                return [fn(item) for item in items]
+            return parallel_map(fn, items, sizes, devices, MIN_EVENT_LAYER)
 
         try:
             if cfg.scope == "local":
 
                 def prune_layer(layer: Layer) -> None:
-                    high = math.floor(cfg.max_sparsity_per_op * layer.numel + 1e-9)
-                    budget = element_budget(ratio, layer.numel)
+                    high = math.floor(cfg.max_sparsity_per_op * layer.total_numel + 1e-9)
+                    budget = element_budget(ratio, layer.total_numel)
                     grid = self._grid(layer, step, ordered=min(budget, high) < self._prunable(layer), checked=checked)
                     self._set_mask(layer, grid, budget, optimizers, sync, high=high, apply=apply)
 
                 each_layer(prune_layer, self.layers)
             else:
-                numels = [layer.numel for layer in self.layers]
+                numels = [layer.total_numel for layer in self.layers]
                 total = element_budget(ratio, sum(numels))
                 low = [math.ceil(min(cfg.min_sparsity_per_op, ratio) * n - 1e-9) for n in numels]
                 high = [math.floor(cfg.max_sparsity_per_op * n + 1e-9) for n in numels]
                 prunable = [self._prunable(layer) for layer in self.layers]
                 every = total >= sum(prunable) and all(h >= p for h, p in zip(high, prunable))
-                grids = parallel_map(
-                    lambda layer: self._grid(layer, step, ordered=not every, checked=checked), self.layers, sizes, devices, MIN_EVENT_LAYER
+                grids = each_layer(lambda layer: self._grid(layer, step, ordered=not every, checked=checked), self.layers)
+                budgets, threshold, counts = global_choice(
+                    grids, [self._whole_pattern(l) for l in self.layers], total, low, high, self._comm(self.layers, grids)
                 )
-                budgets, threshold, counts = global_choice(grids, [self.patterns[l.name] for l in self.layers], total, low, high)
 
                 def commit_layer(i: int) -> None:
                     hint_counts = None if counts is None else counts[i]
@@ -881,13 +982,39 @@ class PrunerGroup:
         finally:
             self._release_event_buffers()
         self.ratio = ratio
-        kept = torch.stack([torch.count_nonzero(m) for m in self.mask8.values()]).tolist()
-        counts_pruned = {name: m.numel() - int(k) for (name, m), k in zip(self.mask8.items(), kept)}
-        layer_sparsity = {name: counts_pruned[name] / m.numel() for name, m in self.mask8.items()}
+        counts_pruned, total_numel = self._pruned_counts()
+        layer_sparsity = {layer.name: counts_pruned[layer.name] / layer.total_numel for layer in self.layers}
         pruned = sum(counts_pruned.values())
-        total_numel = sum(m.numel() for m in self.mask8.values())
         self.has_pruned = self.has_pruned or pruned > 0
         return PruningRecord(step, self.name, event.index, event.total, ratio, pruned / total_numel, layer_sparsity)
+
+    def _whole_pattern(self, layer: Layer) -> BlockPattern | NMPattern:
+        """The pattern of the whole layer (``self.patterns`` holds that of this rank's rows of a sharded one)."""
+        return self.global_patterns.get(layer.name) or self.patterns[layer.name]
+
+    def _grid_offset(self, layer: Layer, grid: BlockGrid) -> int:
+        """Global flat index of the first block of this rank's grid of a sharded layer (0 when whole)."""
+        if layer.shard is None:
+            return 0
+        rows_before = layer.shard.row0 // (1 if isinstance(grid, StreamGrid) else _row_block(self.patterns[layer.name]))
+        return rows_before * (layer.layout.cols if isinstance(grid, StreamGrid) else grid.shape[1])
+
+    def _comm(self, layers: list[Layer], grids: list[BlockGrid]) -> ShardComm | None:
+        """The communicator of a threshold search over ``grids`` (``None`` when no layer is sharded)."""
+        if self.shard is None or self.shard.world == 1 or not any(l.shard is not None for l in layers):
+            return None
+        totals = []
+        for layer, grid in zip(layers, grids):
+            whole = self._whole_pattern(layer)
+            if isinstance(grid, StreamGrid):
+                totals.append(layer.total_numel)
+            elif isinstance(whole, NMPattern):
+                totals.append(whole.rows * whole.groups)
+            else:
+                totals.append(whole.grid_rows * whole.grid_cols)
+        return ShardComm(
+            self.shard, [l.shard is not None for l in layers], [self._grid_offset(l, g) for l, g in zip(layers, grids)], totals
+        )
 
     def _warn_capped(self, step: int, capped: list[str]) -> None:
         """Global scope drove layers to ``max_sparsity_per_op``: say so once for each new layer that got there."""
@@ -907,10 +1034,10 @@ class PrunerGroup:
 
     def _prunable(self, layer: Layer) -> int:
         """Elements pruned when every block of the layer goes (N of every M for N:M)."""
-        pattern = self.patterns[layer.name]
+        pattern = self._whole_pattern(layer)
         if isinstance(pattern, NMPattern):
             return pattern.rows * pattern.groups * pattern.n
-        return layer.numel
+        return layer.total_numel
 
     def _set_mask(
         self,
@@ -936,7 +1063,10 @@ class PrunerGroup:
         committed, so a failed broadcast leaves the layer's mask and weight as they were.
         """
         pattern = self.patterns[layer.name]
-        choice = choose_blocks(grid, pattern, budget, low, high, hint, hint_counts)
+        comm = self._comm([layer], [grid])
+        choice = choose_blocks(grid, self._whole_pattern(layer), budget, low, high, hint, hint_counts, comm)
+        origin = comm.offsets[0] if comm is not None else 0  # the global flat index of this rank's first block
+        sync = sync and layer.shard is None  # each rank decides for its own rows of a sharded layer
         mask = self.mask8[layer.name]
         mv = rows_view(mask, layer.layout.kind)
         rows = layer.layout.rows
@@ -949,7 +1079,7 @@ class PrunerGroup:
 
         def decide(start: int, stop: int, scores: torch.Tensor, extra: Any) -> torch.Tensor:
             """int8 0/1 keep of a part: its weights (flat ranges, N:M) or blocks."""
-            offset = start if flat else start * gc
+            offset = origin + (start if flat else start * gc)
             keep = choice.keep(offset, scores, out=buf[: scores.numel()].view(scores.shape))
             return pattern.element_keep(keep, extra) if nm else keep
 
@@ -997,8 +1127,11 @@ class PrunerGroup:
             "layers": [layer.name for layer in self.layers],
             "scheduler": self.scheduler.state_dict(),
             "ratio": self.ratio,
-            "masks": self.masks,  # bool, True = kept, like Pruning.masks
-            "scores": {name: score.clone() for name, score in self.scores.items()},
+            "masks": self.masks,  # bool, True = kept, like Pruning.masks (DTensors when sharded)
+            "scores": {
+                layer.name: self._whole(layer, self.scores[layer.name].clone(), _res_shape(self._whole_pattern(layer)))
+                for layer in self.layers if layer.name in self.scores
+            },
             "init_ratio": self.init_ratio,
             "accumulated_at": self._accumulated_at,
             **self.extra_state(),
@@ -1068,8 +1201,9 @@ class PrunerGroup:
                 if kind == "mask":
                     problems.append(f"{where}[{name!r}]: missing")
                 continue
+            tensor = self._local_part(layer, tensor, kind)
             if kind == "mask":
-                shape, ok_dtype, what = tuple(layer.weight.shape), tensor.dtype == torch.bool if isinstance(tensor, torch.Tensor) else False, "a bool tensor"
+                shape, ok_dtype, what = layer.layout.shape, tensor.dtype == torch.bool if isinstance(tensor, torch.Tensor) else False, "a bool tensor"
             else:
                 shape, what = _res_shape(self.patterns[name]), "a floating tensor"
                 ok_dtype = isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
@@ -1102,9 +1236,11 @@ class PrunerGroup:
         self.ratio = float(state["ratio"])
         for layer in self.layers:
             mask = self.mask8[layer.name]
-            mask.copy_(state["masks"][layer.name]).neg_()  # True -> 1 -> -1 = kept
+            mask.copy_(self._local_part(layer, state["masks"][layer.name], "mask")).neg_()  # True -> 1 -> -1 = kept
+        by_name = {layer.name: layer for layer in self.layers}
         self.scores = {
-            name: score.to(device=self.mask8[name].device, dtype=torch.float32, copy=True) for name, score in state["scores"].items()
+            name: self._local_part(by_name[name], score, "scores").to(device=self.mask8[name].device, dtype=torch.float32, copy=True)
+            for name, score in state["scores"].items()
         }
         self.init_ratio = float(state.get("init_ratio", 0.0))
         self._accumulated_at = state.get("accumulated_at")

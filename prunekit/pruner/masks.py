@@ -41,6 +41,7 @@ from typing import Iterable
 import torch
 
 from prunekit.pruner.parallel import parallel_map
+from prunekit.pruner.sharding import local_tensor
 
 __all__ = [
     "KEPT",
@@ -198,8 +199,9 @@ def mark_pruned_(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def apply_mask_(weight: torch.Tensor, mask: torch.Tensor, chunk: int | None = None) -> None:
-    """Zero the pruned weights in place (``mask``: int8, ``0`` = pruned; ``chunk``: see :func:`zero_pruned_many_`)."""
-    zero_pruned_many_([(weight.data, mask)], chunk)
+    """Zero the pruned weights in place (``mask``: int8, ``0`` = pruned; ``chunk``: see :func:`zero_pruned_many_`).
+    For a sharded (DTensor) weight, ``mask`` is that of this rank's shard."""
+    zero_pruned_many_([(local_tensor(weight.data), mask)], chunk)
 
 
 @torch.no_grad()
@@ -208,6 +210,7 @@ def mask_grad_(weight: torch.Tensor, mask: torch.Tensor) -> None:
     grad = weight.grad
     if grad is None:
         return
+    grad = local_tensor(grad)
     if grad.layout == torch.sparse_coo:  # nn.Embedding(sparse=True): zero the values at pruned positions
         indices, values = grad._indices(), grad._values()
         if values.numel():
@@ -223,13 +226,17 @@ def mask_grad_(weight: torch.Tensor, mask: torch.Tensor) -> None:
 def mask_optimizer_state_(
     optimizers: Iterable[torch.optim.Optimizer], weight: torch.Tensor, mask: torch.Tensor, chunk: int | None = None
 ) -> None:
-    """Zero the pruned entries of every optimizer state tensor shaped like ``weight`` (``chunk``: see :func:`zero_pruned_many_`)."""
+    """Zero the pruned entries of every optimizer state tensor shaped like ``weight`` (``chunk``: see :func:`zero_pruned_many_`).
+    For a sharded (DTensor) weight: this rank's shard of each state tensor, ``mask`` that of the shard."""
     states = []
     for optimizer in optimizers:
         state = optimizer.state.get(weight)
         if not state:
             continue
-        states += [(value, mask) for value in state.values() if isinstance(value, torch.Tensor) and value.shape == weight.shape]
+        states += [
+            (local_tensor(value), mask) for value in state.values()
+            if isinstance(value, torch.Tensor) and value.shape == weight.shape and local_tensor(value).shape == mask.shape
+        ]
     zero_pruned_many_(states, chunk)
 
 
@@ -259,7 +266,7 @@ def floor_second_moments_(optimizers: Iterable[torch.optim.Optimizer], weight: t
         for key in SECOND_MOMENT_KEYS:
             value = state.get(key)
             if isinstance(value, torch.Tensor) and value.shape == weight.shape and value.dtype in (torch.float32, torch.bfloat16, torch.float64):
-                fill_pruned_(value, mask, SECOND_MOMENT_FLOOR)
+                fill_pruned_(local_tensor(value), mask, SECOND_MOMENT_FLOOR)
                 found = True
     return found
 

@@ -20,6 +20,13 @@ all scores is made (no concatenation, no full sort, no ``kthvalue`` of a whole l
 are chunk-sized, counts accumulate on the device (one host read per pass), and every rank
 computes the same result from the same scores.
 
+**Sharded layers** (FSDP2, :mod:`prunekit.pruner.sharding`): a grid then holds this rank's block
+rows only, and ``comm`` (a :class:`~prunekit.pruner.sharding.ShardComm`) turns every count, maximum,
+sample and bracket into the one of the whole layer (all-reduces of counts, all-gathers of the few
+scores near the threshold), so every rank reaches the same threshold, tie cut and budgets as one
+process would; flat block indices (tie cuts) are global (this rank's grid starts at
+``comm.offsets[i]``). No weight or score is gathered.
+
 **The choice** of a layer (:func:`choose_blocks`) is a :class:`Choice`: a threshold ``t`` and a tie cut
 (blocks scored above ``t`` stay, below go, and of those scored exactly ``t`` the ones before a flat
 index go), so no keep grid of the layer's size is ever built; :func:`select_blocks` materializes it.
@@ -36,6 +43,7 @@ import torch
 from prunekit.pruner.grids import BlockGrid, _chunk_size, as_grid
 from prunekit.pruner.parallel import MIN_EVENT_LAYER, parallel_map
 from prunekit.pruner.patterns import BlockPattern, NMPattern
+from prunekit.pruner.sharding import ShardComm
 
 __all__ = [
     "Choice", "choose_blocks", "select_blocks", "global_budgets", "global_threshold", "global_choice",
@@ -68,7 +76,7 @@ def _count(pred: torch.Tensor, grid: BlockGrid, start: int) -> torch.Tensor:
     return (pattern.sizes_of(idx) * pred).sum()
 
 
-def _counts(grids: Sequence[BlockGrid], tests: Sequence[tuple[str, float]]) -> list[list[int]]:
+def _counts(grids: Sequence[BlockGrid], tests: Sequence[tuple[str, float]], comm: ShardComm | None = None) -> list[list[int]]:
     """``[test][layer]`` element counts of blocks with ``score <op> v`` (``op`` in le, lt), one pass.
 
     Equal-sized blocks are counted by summing float32 0/1 comparison flags (several times faster
@@ -95,7 +103,7 @@ def _counts(grids: Sequence[BlockGrid], tests: Sequence[tuple[str, float]]) -> l
     for li, values in enumerate(_each_grid(count, grids)):
         for ti, value in enumerate(values):
             out[ti][li] = value
-    return out
+    return comm.counts(out) if comm is not None else out
 
 
 def _each_grid(fn: Callable[[BlockGrid], R], grids: Sequence[BlockGrid]) -> list[R]:
@@ -106,16 +114,22 @@ def _each_grid(fn: Callable[[BlockGrid], R], grids: Sequence[BlockGrid]) -> list
     return parallel_map(fn, list(grids), weights, [g.device for g in grids], MIN_EVENT_LAYER)
 
 
-def _counts_le(grids: Sequence[BlockGrid], values: Sequence[float]) -> list[list[int]]:
-    return _counts(grids, [("le", v) for v in values])
+def _counts_le(grids: Sequence[BlockGrid], values: Sequence[float], comm: ShardComm | None = None) -> list[list[int]]:
+    return _counts(grids, [("le", v) for v in values], comm)
 
 
-def _already_pruned(grids: Sequence[BlockGrid]) -> list[int]:
+def _already_pruned(grids: Sequence[BlockGrid], comm: ShardComm | None = None) -> list[int]:
     """Elements in blocks scored ``PRUNED``, per grid (a counting pass only where not known)."""
     known = [getattr(g, "known_pruned", None) for g in grids]
     unknown = [g for g, k in zip(grids, known) if k is None]
     counted = iter(_counts(unknown, [("lt", 0.0)])[0] if unknown else [])
-    return [k if k is not None else next(counted) for k in known]
+    local = [k if k is not None else next(counted) for k in known]
+    return comm.counts([local])[0] if comm is not None else local
+
+
+def _total_blocks(g: BlockGrid, comm: ShardComm | None, i: int = 0) -> int:
+    """Blocks of grid ``i`` over every rank (``g.blocks`` without sharding)."""
+    return comm.totals[i] if comm is not None else g.blocks
 
 
 def _elements(grid: BlockGrid) -> int:
@@ -127,12 +141,12 @@ def _elements(grid: BlockGrid) -> int:
     return int(pattern.count(torch.ones(grid.shape, dtype=torch.bool)))
 
 
-def _max(grids: Sequence[BlockGrid]) -> float:
+def _max(grids: Sequence[BlockGrid], comm: ShardComm | None = None) -> float:
     top = float("-inf")
     for grid in grids:
         for _, chunk in grid.chunks():
             top = max(top, float(chunk.max())) if chunk.numel() else top
-    return top
+    return comm.max(top) if comm is not None else top
 
 
 def _smallest_threshold(reaches: Callable[[float], bool], high: float) -> float:
@@ -187,6 +201,7 @@ def choose_blocks(
     high: int | None = None,
     hint: float | None = None,
     hint_counts: tuple[int, int] | None = None,
+    comm: ShardComm | None = None,
 ) -> Choice:
     """The :class:`Choice` of the blocks that stay after pruning about ``k`` elements (module docstring).
 
@@ -195,44 +210,49 @@ def choose_blocks(
     ``hint``: a likely threshold (the global one); when its counts show it is this budget's
     threshold, the search is skipped (the result is the same either way). ``hint_counts``: the
     elements of this grid scored ``< hint`` and ``<= hint``, when known (saves counting them).
+
+    ``comm``: the grid holds this rank's block rows of a sharded layer (``pattern`` is then the whole
+    layer's, ``grid.pattern`` this rank's part); the choice is the whole layer's, its tie cut a global
+    flat index.
     """
     g = as_grid(grid, pattern)
+    nblocks = _total_blocks(g, comm)
     if high is not None:
         k = min(k, high)
-    (already,) = _already_pruned([g])
+    (already,) = _already_pruned([g], comm)
     if k <= 0 or already >= k:
         return Choice(*_KEEP_UNPRUNED)
     if pattern.uniform:
         size = pattern.block_numel
-        blocks = min((2 * k + size - 1) // (2 * size), g.blocks)  # the prefix closest to k, fewer on a tie
-        ceiling = g.blocks if high is None else min(g.blocks, high // size)
+        blocks = min((2 * k + size - 1) // (2 * size), nblocks)  # the prefix closest to k, fewer on a tie
+        ceiling = nblocks if high is None else min(nblocks, high // size)
         floor = min(-(-low // size), ceiling)  # at least `low` elements where whole blocks allow it
         blocks = min(max(blocks, floor), ceiling)
         k_elems = blocks * size
         if k_elems <= already:
             return Choice(*_KEEP_UNPRUNED)
-        if blocks == g.blocks:  # every block goes (2:4 at 0.5, say): nothing to search
-            return Choice(float("inf"), g.blocks)
+        if blocks == nblocks:  # every block goes (2:4 at 0.5, say): nothing to search
+            return Choice(float("inf"), nblocks)
         if hint is not None and hint >= 0:
-            counts = hint_counts if hint_counts is not None else _below_and_tied(g, hint)
-            choice = _lowest_at(g, hint, blocks, counts, verify=True)
+            counts = hint_counts if hint_counts is not None else _below_and_tied(g, hint, comm)
+            choice = _lowest_at(g, hint, blocks, counts, verify=True, comm=comm)
             if choice is not None:
                 return choice
-        t, found = _find([g], [pattern], lambda c: c[0] >= k_elems, k_elems)
-        counts = found.counts(t)[0] if found is not None else _below_and_tied(g, t)
-        return _lowest_at(g, t, blocks, counts, verify=False)  # type: ignore[return-value]
+        t, found = _find([g], [pattern], lambda c: c[0] >= k_elems, k_elems, comm)
+        counts = found.counts(t)[0] if found is not None else _below_and_tied(g, t, comm)
+        return _lowest_at(g, t, blocks, counts, verify=False, comm=comm)  # type: ignore[return-value]
     # partial edge blocks: blocks differ in size, the closest prefix is decided among the ties
-    t, found = _find([g], [pattern], lambda c: c[0] >= k, k)
+    t, found = _find([g], [pattern], lambda c: c[0] >= k, k, comm)
     if t < 0:  # nothing but pruned blocks: no tie goes
         return Choice(t, 0)
-    below, ties = found.ties(t) if found is not None else _below_and_ties(g, t)
+    below, ties = found.ties(t) if found is not None else _below_and_ties(g, t, comm)
     n = 0
     if ties.numel():
         sizes = pattern.sizes_of(ties)
         n = _take_closest(k - below, sizes)
         if high is not None and n:  # the closest prefix may overshoot by part of a block
             n = int((torch.cumsum(sizes[:n], 0) <= high - below).sum())
-    return Choice(t, int(ties[n]) if n < ties.numel() else g.blocks)
+    return Choice(t, int(ties[n]) if n < ties.numel() else nblocks)
 
 
 def select_blocks(
@@ -253,7 +273,7 @@ def materialize(grid: BlockGrid, choice: Choice) -> torch.Tensor:
     return keep.view(grid.shape)
 
 
-def _below_and_ties(g: BlockGrid, t: float) -> tuple[int, torch.Tensor]:
+def _below_and_ties(g: BlockGrid, t: float, comm: ShardComm | None = None) -> tuple[int, torch.Tensor]:
     """``(elements scored < t, flat indices of the blocks scored == t)`` in one pass (``t >= 0``)."""
     below = torch.zeros((), dtype=torch.int64, device=g.device)
     ties: list[torch.Tensor] = []
@@ -263,16 +283,22 @@ def _below_and_ties(g: BlockGrid, t: float) -> tuple[int, torch.Tensor]:
         if idx.numel():
             ties.append(idx + start)
     tie_idx = torch.cat(ties) if ties else torch.empty(0, dtype=torch.int64, device=g.device)
-    return int(below), tie_idx
+    if comm is None:
+        return int(below), tie_idx
+    (below_all,) = comm.counts([[int(below)]])
+    (gathered,) = comm.gather([tie_idx.cpu() + comm.offsets[0]], grid=0)
+    return below_all[0], gathered.to(g.device)
 
 
-def _below_and_tied(g: BlockGrid, t: float) -> tuple[int, int]:
+def _below_and_tied(g: BlockGrid, t: float, comm: ShardComm | None = None) -> tuple[int, int]:
     """Elements of ``g`` scored ``< t`` and ``<= t`` (one pass; uniform patterns)."""
-    below, upto = _counts([g], [("lt", t), ("le", t)])
+    below, upto = _counts([g], [("lt", t), ("le", t)], comm)
     return below[0], upto[0]
 
 
-def _lowest_at(g: BlockGrid, t: float, blocks: int, counts: tuple[int, int], *, verify: bool) -> Choice | None:
+def _lowest_at(
+    g: BlockGrid, t: float, blocks: int, counts: tuple[int, int], *, verify: bool, comm: ShardComm | None = None
+) -> Choice | None:
     """The choice that prunes the ``blocks`` lowest blocks (uniform sizes), given their threshold ``t``.
 
     ``counts``: the elements scored ``< t`` and ``<= t``. Every block scored below ``t`` is pruned, and
@@ -289,12 +315,24 @@ def _lowest_at(g: BlockGrid, t: float, blocks: int, counts: tuple[int, int], *, 
     if n == 0:
         return Choice(t, 0)  # every tie stays
     if n == tied:
-        return Choice(t, g.blocks)  # every tie goes
-    return Choice(t, _nth_tie(g, t, n))
+        return Choice(t, _total_blocks(g, comm))  # every tie goes
+    return Choice(t, _nth_tie(g, t, n, comm))
 
 
-def _nth_tie(g: BlockGrid, t: float, n: int) -> int:
-    """Flat index of the block after the first ``n`` blocks scored exactly ``t`` (reads chunks up to it)."""
+def _nth_tie(g: BlockGrid, t: float, n: int, comm: ShardComm | None = None) -> int:
+    """Flat index of the block after the first ``n`` blocks scored exactly ``t`` (reads chunks up to it).
+
+    Sharded: the ranks' tie counts (one all-gather) say which rank holds it; that rank finds it."""
+    if comm is not None:
+        below, upto = _counts([g], [("lt", t), ("le", t)])
+        mine = (upto[0] - below[0]) // g.pattern.block_numel
+        per_rank = comm.gather([torch.tensor([mine], dtype=torch.int64)])[0].tolist()
+        before = sum(per_rank[: comm.rank])
+        found = 0
+        if before <= n < before + mine:
+            found = comm.offsets[0] + _nth_tie(g, t, n - before) + 1
+        (result,) = comm.counts([[found]])  # only the rank that holds it adds its index (+ 1)
+        return result[0] - 1 if result[0] > 0 else comm.totals[0]
     skipped = 0
     for start, chunk in g.chunks():
         idx = torch.nonzero(chunk.reshape(-1) == t).view(-1)
@@ -339,13 +377,19 @@ class _Found:
 
 
 def _find(
-    gs: Sequence[BlockGrid], patterns: Sequence[Pattern], reaches: Callable[[list[int]], bool], target: int
+    gs: Sequence[BlockGrid],
+    patterns: Sequence[Pattern],
+    reaches: Callable[[list[int]], bool],
+    target: int,
+    comm: ShardComm | None = None,
 ) -> tuple[float, _Found | None]:
     """:func:`find_threshold` on grids, and the bracket that holds the answer (``None`` when found otherwise)."""
     totals = [_elements(g) for g in gs]
+    if comm is not None:
+        totals = comm.counts([totals])[0]
     if not reaches(totals):  # every score <= the largest one
-        return _max(gs), None
-    vals, pos = _weighted_sample(gs, target)
+        return _max(gs, comm), None
+    vals, pos = _weighted_sample(gs, target, comm)
     # the bracket's half-width in samples: _SLACK for a full sample, proportionally fewer for the
     # smaller sample of a small layer (the same share of the scores, the same error in sigmas)
     base_slack = max(min(_SLACK, 4), _SLACK * vals.numel() // _SAMPLE)
@@ -355,12 +399,12 @@ def _find(
         b = float("inf") if hi >= vals.numel() else float(vals[hi])
         if not b > a:
             continue
-        ca, inside = _bracket_pass(gs, a, b)
+        ca, inside = _bracket_pass(gs, a, b, comm)
         cb = [base + bracket.elements for base, bracket in zip(ca, inside)]
         if not reaches(ca) and reaches(cb):
             return _search_bracket(inside, reaches, ca), _Found(ca, inside)
-    top = _max(gs)
-    return _smallest_threshold(lambda v: reaches(_counts_le(gs, [v])[0]), top), None
+    top = _max(gs, comm)
+    return _smallest_threshold(lambda v: reaches(_counts_le(gs, [v], comm)[0]), top), None
 
 
 def _coprime_stride(stride: int, row: int) -> int:
@@ -377,41 +421,47 @@ def _coprime_stride(stride: int, row: int) -> int:
     return stride
 
 
-def _weighted_sample(grids: Sequence[BlockGrid], target: float) -> tuple[torch.Tensor, int]:
+def _weighted_sample(grids: Sequence[BlockGrid], target: float, comm: ShardComm | None = None) -> tuple[torch.Tensor, int]:
     """Sorted strided sample of the scores and the position in it where the cumulative element count
-    each sample stands for reaches ``target``."""
-    numel = sum(g.blocks for g in grids)
+    each sample stands for reaches ``target`` (sharded: every rank's samples, the same on every rank)."""
+    numel = sum(comm.totals) if comm is not None else sum(g.blocks for g in grids)
     # _SAMPLE scores, or 1/64 of them for small layers (at least _SAMPLE / 16): the sorted sample is a
     # fixed cost of every event, which should stay small next to a small layer too
     samples = min(_SAMPLE, max(_SAMPLE // 16, numel // 64))
     base = max(1, numel // samples)
-    if len(grids) == 1:  # every sample stands for the same count: no weights to sort along
+    if len(grids) == 1 and comm is None:  # every sample stands for the same count: no weights to sort along
         g = grids[0]
         stride = _coprime_stride(base, g.shape[-1])
         vals = torch.sort(g.sample(stride).float().cpu()).values
         weight = stride * _elements(g) / g.blocks
         return vals, min(vals.numel(), max(0, math.ceil(target / weight) - 1))
     values, weights = [], []
-    for g in grids:
+    for i, g in enumerate(grids):
         stride = _coprime_stride(base, g.shape[-1])
-        sample = g.sample(stride).float().cpu()
-        elements_per_block = _elements(g) / g.blocks
+        sample = g.sample(stride).float().cpu() if g.blocks else torch.empty(0)
+        if comm is not None and not comm.sharded[i] and comm.rank != 0:
+            sample = sample[:0]  # a replicated grid: rank 0's sample stands for it
+        elements_per_block = _elements(g) / g.blocks if g.blocks else 0.0
         values.append(sample)
         weights.append(torch.full_like(sample, stride * elements_per_block, dtype=torch.float64))
+    if comm is not None:
+        gathered_values, gathered_weights = comm.gather([torch.cat(values), torch.cat(weights)])
+        values, weights = [gathered_values.float()], [gathered_weights]
     vals, order = torch.sort(torch.cat(values), stable=True)
     cum = torch.cumsum(torch.cat(weights)[order], 0)
     return vals, int(torch.searchsorted(cum, torch.tensor([float(target)], dtype=cum.dtype)))
 
 
-def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float) -> tuple[list[int], list["_Bracket"]]:
+def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float, comm: ShardComm | None = None) -> tuple[list[int], list["_Bracket"]]:
     """One pass over every grid: element counts ``<= a`` and the scores in ``(a, b]``.
 
     The scores inside come back per layer as a :class:`_Bracket` on the host; the bracket holds a
-    few percent of the scores (the sample's slack), so this is small.
+    few percent of the scores (the sample's slack), so this is small. Sharded: the counts are
+    summed and the brackets gathered over the ranks (rank order: flat indices stay ascending).
     """
 
     def one(g: BlockGrid) -> tuple[int, _Bracket]:
-        uniform = g.pattern.uniform
+        uniform = g.pattern.uniform and comm is None  # sharded: indices and sizes are gathered too
         na: list[torch.Tensor] = []
         vals, idx = [], []
         flag = torch.empty(_chunk_size(g), dtype=torch.float32, device=g.device)
@@ -439,7 +489,16 @@ def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float) -> tuple[list[
         return ca * g.pattern.block_numel if uniform else ca, _Bracket(v, sizes, g.pattern.block_numel, index)
 
     results = _each_grid(one, grids)
-    return [count for count, _ in results], [bracket for _, bracket in results]
+    counts, brackets = [count for count, _ in results], [bracket for _, bracket in results]
+    if comm is None:
+        return counts, brackets
+    counts = comm.counts([counts])[0]
+    gathered = []
+    for i, bracket in enumerate(brackets):
+        assert bracket.index is not None and bracket.sizes is not None
+        values, index, sizes = comm.gather([bracket.values, bracket.index + comm.offsets[i], bracket.sizes], grid=i)
+        gathered.append(_Bracket(values, sizes, bracket.block_numel, index))
+    return counts, gathered
 
 
 class _Bracket:
@@ -548,27 +607,29 @@ def global_choice(
     total: int,
     low: Sequence[int],
     high: Sequence[int],
+    comm: ShardComm | None = None,
 ) -> tuple[list[int], float | None, list[tuple[int, int]] | None]:
     """:func:`global_threshold` and, per layer, the elements scored ``< t`` and ``<= t`` (``None`` with ``t``);
-    pass them as :func:`choose_blocks`'s ``hint_counts``."""
+    pass them as :func:`choose_blocks`'s ``hint_counts``. ``comm``: some grids hold this rank's block
+    rows of sharded layers; every count is then the whole layer's."""
     gs = [as_grid(g, p) for g, p in zip(grids, patterns)]
 
     def clamp(v: int, i: int) -> int:
         return min(max(v, low[i]), high[i])
 
-    already = _already_pruned(gs)
+    already = _already_pruned(gs, comm)
     if sum(clamp(c, i) for i, c in enumerate(already)) >= total:
         return [clamp(c, i) for i, c in enumerate(already)], None, None
 
     def reaches(c: list[int]) -> bool:
         return sum(clamp(v, i) for i, v in enumerate(c)) >= total
 
-    t, found = _find(gs, patterns, reaches, total)
+    t, found = _find(gs, patterns, reaches, total, comm)
     if found is not None:
         counts = found.counts(t)
         below, upto = [c[0] for c in counts], [c[1] for c in counts]
     else:
-        below, upto = _counts(gs, [("lt", t), ("le", t)])
+        below, upto = _counts(gs, [("lt", t), ("le", t)], comm)
     base = [clamp(c, i) for i, c in enumerate(below)]
     cap = [clamp(c, i) for i, c in enumerate(upto)]
     remaining = total - sum(base)

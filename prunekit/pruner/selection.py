@@ -25,6 +25,7 @@ the other names are kept in :attr:`Layer.aliases`.
 from __future__ import annotations
 
 import difflib
+import math
 import logging
 import re
 import warnings
@@ -36,6 +37,7 @@ from torch import nn
 
 from prunekit.config import PrunerConfig
 from prunekit.errors import PruningError
+from prunekit.pruner.sharding import RowShard, local_tensor, row_shard
 
 __all__ = ["Layout", "Layer", "unwrap_model", "select_layers", "find_classifier_head"]
 
@@ -102,12 +104,32 @@ class Layer:
     name: str
     module: nn.Module
     weight: nn.Parameter
+    #: the 2-D view of this rank's tensor (for a sharded weight, of its local rows)
     layout: Layout
     aliases: list[str] = field(default_factory=list)
+    #: this rank's rows when FSDP2 shards the weight (``None``: the whole weight is here)
+    shard: RowShard | None = None
 
     @property
     def numel(self) -> int:
-        return self.weight.numel()
+        """Elements of this rank's tensor (the local shard of a sharded weight)."""
+        return math.prod(self.layout.shape)
+
+    @property
+    def total_numel(self) -> int:
+        """Elements of the whole weight (over every shard)."""
+        return self.shard.total_numel if self.shard is not None else self.numel
+
+    @property
+    def data(self) -> torch.Tensor:
+        """The weight's values held by this rank (outside autograd; in-place changes change the weight)."""
+        return self.weight.detach() if self.shard is None else local_tensor(self.weight)
+
+    @property
+    def grad(self) -> torch.Tensor | None:
+        """This rank's part of the weight's gradient (``None`` before the first backward pass)."""
+        grad = self.weight.grad
+        return None if grad is None else local_tensor(grad)
 
     @property
     def frozen(self) -> bool:
@@ -202,7 +224,9 @@ def select_layers(model: nn.Module, config: PrunerConfig) -> list[Layer]:
         if id(weight) in by_param:  # tied weights: prune once
             by_param[id(weight)].aliases.append(name)
             continue
-        layer = Layer(name, module, weight, Layout(_layout_of(module, weight), tuple(weight.shape)))
+        kind = _layout_of(module, weight)
+        shard = row_shard(name, weight, kind)
+        layer = Layer(name, module, weight, Layout(kind, tuple(local_tensor(weight).shape)), shard=shard)
         by_param[id(weight)] = layer
         selected.append(layer)
     if not selected:

@@ -38,6 +38,7 @@ from prunekit.pruner.masks import apply_mask_, mask_optimizer_state_, reapply_ne
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from prunekit.pruner.report import LayerReport, PruningReport
 from prunekit.pruner.selection import select_layers, unwrap_model
+from prunekit.pruner.sharding import global_counts
 from prunekit.registry import PRUNERS
 
 __all__ = ["Pruning", "prepare_pruning", "STATE_FORMAT"]
@@ -495,23 +496,25 @@ class Pruning:
     # ------------------------------------------------------------------ results
     @torch.no_grad()
     def report(self) -> PruningReport:
-        """Per-layer rows; sparsity is the element-wise fraction of zeros of the live weights."""
+        """Per-layer rows; sparsity is the element-wise fraction of zeros of the live weights.
+
+        Layers FSDP2 shards are reported whole (zeros summed over the ranks: every rank must call it)."""
         self._check_layers()
         rows = []
         for group in self.groups:
-            for layer in group.layers:
-                w = layer.weight
-                zeros = w.numel() - int(torch.count_nonzero(w))
+            local = [layer.numel - int(torch.count_nonzero(layer.data)) for layer in group.layers]
+            zeros = global_counts(local, group.shard, [layer.shard is not None for layer in group.layers])
+            for layer, zero in zip(group.layers, zeros):
                 rows.append(
                     LayerReport(
                         name=layer.name,
                         pruner=group.name,
-                        shape=tuple(w.shape),
+                        shape=tuple(layer.weight.shape),
                         pattern=group.pattern_label,
                         target=group.ratio,
                         final_target=group.final_target,
-                        sparsity=zeros / w.numel(),
-                        numel=w.numel(),
+                        sparsity=zero / layer.total_numel if layer.total_numel else 0.0,
+                        numel=layer.total_numel,
                         scope=str(group.config.scope),
                     )
                 )

@@ -1,0 +1,167 @@
+"""One rank of the FSDP2 tests (launched by test_fsdp.py): ``python fsdp_worker.py RANK WORLD STORE OUT SCENARIO [ARG]``.
+
+``WORLD`` 1 is the unsharded reference (one process, no ``fully_shard``, no process group). Every
+rank trains on its slice of the same global batch (FSDP2 averages the gradients), so the runs
+differ only in how the model is sharded. ``STORE`` is a file path for gloo's rendezvous; the ranks
+meet at a barrier before the group is destroyed (no aborts at exit).
+
+Scenarios (``OUT.RANK`` receives JSON: the gathered masks as 0/1 lists, history, report):
+
+* ``train:NAME``: train ``STEPS`` steps with config ``CONFIGS[NAME]``;
+* ``ties:NAME``: no training; weights rounded to a few values (many exact ties, across shard
+  boundaries), one event (``prune_now``);
+* ``save:NAME``: train ``SAVE_AT`` steps, save model, optimizer and pruning state with
+  ``torch.distributed.checkpoint`` into ``ARG``;
+* ``resume:NAME``: load that checkpoint (any world size) and train on to ``STEPS``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+SIZES = (32, 48, 24, 24)
+STEPS, SAVE_AT, BATCH = 12, 5, 12
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "1x1_global": {"pattern": "1x1", "scope": "global", "criterion": "magnitude", "target_sparsity": 0.7,
+                   "min_sparsity_per_op": 0.3, "max_sparsity_per_op": 0.95,
+                   "scheduler": {"type": "iterative", "start_step": 1, "end_step": 9, "frequency": 2}},
+    "4x1_snip_momentum": {"pattern": "4x1", "scope": "global", "criterion": "snip_momentum", "target_sparsity": 0.75,
+                          "scheduler": {"type": "iterative", "start_step": 1, "end_step": 9, "frequency": 2, "decay": "exp"}},
+    "2:4": {"pattern": "2:4", "scope": "local", "criterion": "snip", "target_sparsity": 0.5,
+            "scheduler": {"type": "iterative", "start_step": 2, "end_step": 8, "frequency": 3}},
+    "1xchannel": {"pattern": "1xchannel", "scope": "global", "criterion": "magnitude", "target_sparsity": 0.5,
+                  "scheduler": {"type": "iterative", "start_step": 1, "end_step": 7, "frequency": 3}},
+    "4x1_local": {"pattern": "4x1", "scope": "local", "criterion": "magnitude", "target_sparsity": 0.6,
+                  "scheduler": {"type": "oneshot", "start_step": 0}},
+    "1x1_local": {"pattern": "1x1", "scope": "local", "criterion": "magnitude", "target_sparsity": 0.55,
+                  "scheduler": {"type": "oneshot", "start_step": 0}},
+}
+
+
+def model_for(world: int) -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for i in range(len(SIZES) - 1):
+        layers.append(nn.Linear(SIZES[i], SIZES[i + 1]))
+        if i < len(SIZES) - 2:
+            layers.append(nn.Tanh())
+    model = nn.Sequential(*layers)
+    if world > 1:
+        from torch.distributed.fsdp import fully_shard
+
+        for module in model:
+            if isinstance(module, nn.Linear):
+                fully_shard(module)
+        fully_shard(model)
+    return model
+
+
+def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1000 + step)
+    return torch.randn(BATCH, SIZES[0], generator=g), torch.randn(BATCH, SIZES[-1], generator=g)
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range, rank: int, world: int) -> None:
+    for step in steps:
+        x, y = global_batch(step)
+        per = BATCH // world
+        xs, ys = x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
+        opt.zero_grad()
+        nn.functional.mse_loss(model(xs), ys).backward()
+        opt.step()
+
+
+def whole(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def result_of(session: Any) -> dict[str, Any]:
+    masks = {name: whole(mask).to(torch.uint8).tolist() for name, mask in session.masks.items()}
+    report = session.report()
+    return {
+        "masks": masks,
+        "history": [[r.step, r.target, r.sparsity, r.layers] for r in session.history],
+        "report": [[r.name, list(r.shape), r.sparsity, r.numel] for r in report],
+        "sparsity": report.sparsity,
+    }
+
+
+def ties_run(name: str, world: int) -> Any:
+    from prunekit import Pruning
+
+    model = model_for(world)
+    with torch.no_grad():
+        for p in model.parameters():
+            local = p._local_tensor if hasattr(p, "_local_tensor") else p
+            local.mul_(8).round_().div_(8)  # values in steps of 1/8: many exact ties
+    cfg = dict(CONFIGS[name])
+    cfg["scheduler"] = {"type": "oneshot", "start_step": 0}
+    cfg["criterion"] = "magnitude"
+    session = Pruning(model, {"pruners": [cfg]})
+    session.prune_now()
+    return session
+
+
+def main() -> None:
+    rank, world, store, out, scenario = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+    arg = sys.argv[6] if len(sys.argv) > 6 else None
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    from prunekit import Pruning
+
+    kind, name = scenario.split(":", 1)
+    result: dict[str, Any] = {}
+    try:
+        if kind == "ties":
+            session = ties_run(name, world)
+        else:
+            model = model_for(world)
+            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+            session = Pruning(model, {"pruners": [CONFIGS[name]]}).attach(opt)
+            if kind == "train":
+                train(model, opt, range(STEPS), rank, world)
+            elif kind == "save":
+                import torch.distributed.checkpoint as dcp
+                from torch.distributed.checkpoint.state_dict import get_state_dict
+
+                from prunekit.integrations.fsdp import save_pruning_state
+
+                train(model, opt, range(SAVE_AT), rank, world)
+                model_sd, opt_sd = get_state_dict(model, opt)
+                dcp.save({"model": model_sd, "optim": opt_sd}, checkpoint_id=f"{arg}/train")
+                save_pruning_state(session, f"{arg}/pruning")
+            elif kind == "resume":
+                import torch.distributed.checkpoint as dcp
+                from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+                from prunekit.integrations.fsdp import load_pruning_state
+
+                train(model, opt, range(0), rank, world)
+                model_sd, opt_sd = get_state_dict(model, opt)
+                state = {"model": model_sd, "optim": opt_sd}
+                dcp.load(state, checkpoint_id=f"{arg}/train")
+                set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+                load_pruning_state(session, f"{arg}/pruning")
+                train(model, opt, range(session.global_step, STEPS), rank, world)
+        result = result_of(session)
+    except Exception as err:  # noqa: BLE001 - the message is the test's evidence
+        result = {"error": f"{type(err).__name__}: {err}"}
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(result, f)
+    if world > 1:
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
