@@ -51,7 +51,18 @@ from prunekit.pruner.masks import (
 from prunekit.pruner.patterns import PRUNED, BlockPattern, NMPattern, make_pattern
 from prunekit.pruner.scope import choose_blocks, element_budget, global_choice
 from prunekit.pruner.selection import Layer, Layout
-from prunekit.pruner.sharding import RowShard, ShardComm, as_dtensor, global_counts, is_dtensor
+from prunekit.pruner.sharding import (
+    ChainedFold,
+    Halo,
+    OwnedRows,
+    RowShard,
+    ShardComm,
+    as_dtensor,
+    global_counts,
+    halo_of,
+    is_dtensor,
+    reshard_rows,
+)
 from prunekit.schedulers.base import PruningEvent, Scheduler
 
 __all__ = ["PruningRecord", "PrunerGroup", "GRID_SHARE", "FIXED_PER_CHUNK_ELEMENT"]
@@ -176,6 +187,8 @@ class _AccumulatedLayer(NamedTuple):
     mask_grads: bool
     #: (integer view of the flat gradient, flat mask, its integer dtype) for the widening AND, or None
     fast: tuple[torch.Tensor, torch.Tensor, torch.dtype] | None
+    #: rows scored (this rank's, or its owned space's: see Halo)
+    rows: int
 
 
 class PrunerGroup:
@@ -219,12 +232,31 @@ class PrunerGroup:
         self.shard: RowShard | None = self._common_shard(layers)
         #: the patterns of whole sharded layers (self.patterns holds those of this rank's rows)
         self.global_patterns: dict[str, BlockPattern | NMPattern] = {}
+        #: sharded layers whose one block row spans every shard (channelx1): scored by ChainedFold, grid replicated
+        self._spanning: set[str] = set()
+        #: sharded layers whose block rows straddle shard boundaries: this rank scores the block rows that start
+        #: in its shard (its pattern is that of those rows, see Halo), with the rows of the next rank they need
+        self._halos: dict[str, Halo] = {}
         for layer in layers:
             if layer.shard is not None and layer.name in self.patterns:
-                self._check_shardable(layer, self.patterns[layer.name])
-                self.global_patterns[layer.name] = make_pattern(
-                    spec, Layout(layer.layout.kind, layer.shard.global_shape), where=f"pruner {self.name!r}, layer {layer.name!r}"
-                )
+                where = f"pruner {self.name!r}, layer {layer.name!r}"
+                whole = make_pattern(spec, Layout(layer.layout.kind, layer.shard.global_shape), where=where)
+                self.global_patterns[layer.name] = whole
+                if isinstance(whole, BlockPattern) and whole.r >= whole.rows and not layer.shard.aligned(whole.r):
+                    self._spanning.add(layer.name)
+                    continue
+                halo = halo_of(layer.shard, _row_block(whole))
+                if halo is None:
+                    continue
+                if config.lock_init_sparsity:
+                    raise PruningError(
+                        f"{where}: lock_init_sparsity locks zeros by whole blocks, and blocks of pattern {config.pattern!r} "
+                        f"straddle FSDP2's shard boundaries in this layer ({layer.shard.rows} rows over {layer.shard.world} "
+                        f"ranks); use a world size whose shards of ceil(rows / world) rows are a multiple of {halo.r}, or "
+                        f"lock_init_sparsity: false"
+                    )
+                self._halos[layer.name] = halo
+                self.patterns[layer.name] = make_pattern(spec, Layout(layer.layout.kind, (halo.rows, *layer.layout.shape[1:])), where=where)
         #: int8 masks, -1 = kept, 0 = pruned (1 byte per weight; see prunekit.pruner.masks); of this rank's rows when sharded
         self.mask8: dict[str, torch.Tensor] = {layer.name: new_mask(layer.data) for layer in layers}
         self._pairs = [(layer, self.mask8[layer.name]) for layer in layers]
@@ -268,23 +300,6 @@ class PrunerGroup:
         """True for pruner types that cannot prune sharded weights (their extra state is per whole layer)."""
         return cls.extra_state is not PrunerGroup.extra_state or cls._prune is not PrunerGroup._prune
 
-    def _check_shardable(self, layer: Layer, pattern: BlockPattern | NMPattern) -> None:
-        """A block row must lie in one shard: its height must divide FSDP2's shard boundaries."""
-        shard = layer.shard
-        assert shard is not None
-        height = _row_block(pattern)
-        if height == 1 or shard.aligned(height):
-            return
-        bounds = [s for s in shard.starts[1:-1] if s % height and s < shard.rows]
-        raise PruningError(
-            f"pruner {self.name!r}, layer {layer.name!r}: pattern {self.config.pattern!r} has blocks of {height} rows, "
-            f"but FSDP2 splits the layer's {shard.rows} output rows over {shard.world} ranks at row(s) "
-            f"{', '.join(map(str, bounds[:4]))}, inside a block; prunekit prunes a block on the rank that holds it "
-            f"whole. Use a world size whose shards of ceil({shard.rows} / world) rows are a multiple of {height}, "
-            f"a pattern whose block height divides them ({'1xchannel, ' if height > 1 else ''}1x1, N:M, 1xM), "
-            f"or exclude the layer with excluded_op_names"
-        )
-
     def _layer_pattern(self, spec: Any, layer: Layer, where: str) -> BlockPattern | NMPattern | None:
         """The pattern object that scores and masks ``layer`` (None for a type that works on units of
         several layers, see :class:`prunekit.structure.pruner.StructuredPruner`)."""
@@ -307,25 +322,56 @@ class PrunerGroup:
         return {layer.name: self._whole(layer, kept_bool(self.mask8[layer.name])) for layer in self.layers}
 
     def _whole(self, layer: Layer, local: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
-        """``local`` (this rank's part of a per-layer tensor) as the whole layer's: a DTensor when sharded."""
-        return local if layer.shard is None else as_dtensor(local, layer.shard, shape)
+        """``local`` (this rank's part of a per-layer tensor) as the whole layer's: a DTensor when sharded
+        (the scores of a layer whose block row spans the shards are the same on every rank: plain)."""
+        if layer.shard is None or shape is not None and layer.name in self._spanning:
+            return local
+        if shape is not None and layer.name in self._halos:  # owned block rows -> the even split a DTensor has
+            owned, even = self._grid_splits(layer, shape[0])
+            local = reshard_rows(local, owned, even, layer.shard)
+        return as_dtensor(local, layer.shard, shape)
+
+    def _grid_splits(self, layer: Layer, grid_rows: int) -> tuple[list[int], list[int]]:
+        """First block row of every rank: as this rank scores them (those that start in its shard) and as a
+        DTensor splits them (``torch.chunk``), for a layer whose block rows straddle shards."""
+        shard, halo = layer.shard, self._halos[layer.name]
+        assert shard is not None
+        owned = [min(-(-s // halo.r), grid_rows) for s in shard.starts]
+        per = -(-grid_rows // shard.world)
+        even = [min(k * per, grid_rows) for k in range(shard.world)] + [grid_rows]
+        return owned, even
+
+    def empty_scores(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An empty score tensor of layer ``name`` laid out as :meth:`state_dict` lays it out (of ``shape``
+        over every rank; for loading a state saved inside the pruning window)."""
+        layer = next(l for l in self.layers if l.name == name)
+        device = layer.data.device
+        if layer.shard is None or name in self._spanning:
+            return torch.empty(shape, dtype=dtype, device=device)
+        rows, world, rank = shape[0], layer.shard.world, layer.shard.rank
+        per = -(-rows // world)
+        r0, r1 = min(rank * per, rows), min((rank + 1) * per, rows)
+        return as_dtensor(torch.empty((r1 - r0, *shape[1:]), dtype=dtype, device=device), layer.shard, shape)
 
     def _local_part(self, layer: Layer, saved: torch.Tensor, kind: str) -> torch.Tensor:
         """This rank's part of a saved mask or score tensor of a sharded layer: a DTensor's local shard
         (loaded with ``torch.distributed.checkpoint``, any world size), or the rows of a whole tensor
         (saved by one process); anything else is returned as it is (and refused by the shape check)."""
         if is_dtensor(saved):
+            if kind == "scores" and layer.name in self._halos and saved.dim() == 2:
+                owned, even = self._grid_splits(layer, saved.shape[0])
+                return reshard_rows(saved.to_local(), even, owned, layer.shard)  # type: ignore[arg-type]
             return saved.to_local()
         shard = layer.shard
-        if shard is None or not isinstance(saved, torch.Tensor) or saved.dim() == 0:
+        if shard is None or not isinstance(saved, torch.Tensor) or saved.dim() == 0 or kind == "scores" and layer.name in self._spanning:
             return saved
         if kind == "mask":
             whole, height = shard.global_shape, 1
         else:
-            whole, height = _res_shape(self._whole_pattern(layer)), _res_height(self.patterns[layer.name])
-        if tuple(saved.shape) != tuple(whole) or height > 1 and not shard.aligned(height):
+            whole, height = _res_shape(self._whole_pattern(layer)), _res_height(self._whole_pattern(layer))
+        if tuple(saved.shape) != tuple(whole):
             return saved
-        return saved[shard.row0 // height : -(-shard.row1 // height)]
+        return saved[-(-shard.row0 // height) : -(-shard.row1 // height)]  # the block rows that start in this shard
 
     def check_layers(self) -> None:
         """Raise :class:`PruningError` when a layer's weight is no longer the Parameter (and shape) the group prunes.
@@ -512,6 +558,11 @@ class PrunerGroup:
             )
         return grad
 
+    def _rows(self, layer: Layer) -> int:
+        """Rows this rank scores: its own, or those of its owned space when block rows straddle shards (Halo)."""
+        halo = self._halos.get(layer.name)
+        return halo.rows if halo is not None else layer.layout.rows
+
     def _chunk_rows(self, layer: Layer, chunk: int | None = None) -> int:
         """Rows of the 2-D view per chunk: about ``chunk`` elements (``_masks.CHUNK`` by default; events use
         :func:`event_chunk`), a multiple of the block height, or fewer rows than a block has when a block
@@ -562,12 +613,14 @@ class PrunerGroup:
         """
         grads = [self._grad(layer, step) for layer in self.layers]  # every layer has one before any is touched
         items: list[tuple[_AccumulatedLayer, list[tuple[int, int]]]] = []
+        spanning: list[tuple[_AccumulatedLayer, list[tuple[int, int]]]] = []
         for layer, grad in zip(self.layers, grads):
             pattern = self.patterns[layer.name]
             mask = self.mask8[layer.name]
             if layer.name not in self.scores:
-                self.scores[layer.name] = torch.zeros(_res_shape(pattern), dtype=torch.float32, device=layer.weight.device)
-            streamable = self._streamable(layer, grad)
+                self.scores[layer.name] = torch.zeros(_res_shape(self._score_pattern(layer)), dtype=torch.float32, device=layer.data.device)
+            halo = self._halos.get(layer.name)
+            streamable = self._streamable(layer, grad) and halo is None
             if mask_grads and not streamable:
                 mask_grad_(layer.weight, mask)
             per, r = self._chunk_rows(layer), _row_block(pattern)
@@ -578,15 +631,20 @@ class PrunerGroup:
                 mask_grads and streamable and grad.device.type == "cpu" and grad.is_floating_point()
                 and int_dtype is not None and per * cols <= _masks.CHUNK
             )
+            wv, gv = rows_view(layer.data, layer.layout.kind), rows_view(grad, layer.layout.kind)
+            if halo is not None:  # the rows of straddling block rows that the next rank(s) hold
+                wv, gv = halo.exchange([wv, gv])  # type: ignore[assignment]
             acc_layer = _AccumulatedLayer(
-                layer, pattern, mask, self.scores[layer.name],
-                rows_view(layer.data, layer.layout.kind), rows_view(grad, layer.layout.kind),
+                layer, pattern, mask, self.scores[layer.name], wv, gv,
                 per, r, mask_grads and streamable,
                 (grad.view(int_dtype).view(-1), mask.view(-1), int_dtype) if fast_mask else None,
+                self._rows(layer),
             )
-            ranges = list(row_ranges(layer.layout.rows, r, per))
-            if r > per:  # a block row folded over several chunks: one item, in order
-                for a0 in range(0, layer.layout.rows, r):
+            ranges = list(row_ranges(acc_layer.rows, r, per))
+            if layer.name in self._spanning:  # its fold passes from rank to rank: in this thread, after the others
+                spanning.append((acc_layer, ranges))
+            elif r > per:  # a block row folded over several chunks: one item, in order
+                for a0 in range(0, acc_layer.rows, r):
                     items.append((acc_layer, [(a, b) for a, b in ranges if a0 <= a < a0 + r]))
             else:
                 items.extend((acc_layer, [rng]) for rng in ranges)
@@ -594,21 +652,35 @@ class PrunerGroup:
             lambda item: self._accumulate_rows(*item),
             items,
             [sum(b - a for a, b in ranges) * acc.layer.layout.cols for acc, ranges in items],
-            [acc.layer.weight.device for acc, _ in items],
+            [acc.layer.data.device for acc, _ in items],
         )
+        for acc_layer, ranges in spanning:
+            self._accumulate_rows(acc_layer, ranges, spanning=True)
 
-    def _accumulate_rows(self, lay: _AccumulatedLayer, ranges: list[tuple[int, int]]) -> None:
-        """:meth:`_accumulate` for the row ranges ``ranges`` of one layer (in the calling thread's buffers)."""
+    def _fold(self, layer: Layer, pattern: BlockPattern, height: int, reduce: Any) -> Any:
+        """The fold of one block row of ``height`` of this rank's rows; over every rank for a spanning layer."""
+        if layer.name in self._spanning:
+            assert layer.shard is not None
+            whole = self._whole_pattern(layer)
+            assert isinstance(whole, BlockPattern)
+            return ChainedFold(whole.fold(whole.rows, reduce), layer.shard, layer.layout.cols, layer.data.device)
+        return pattern.fold(height, reduce)
+
+    def _accumulate_rows(self, lay: _AccumulatedLayer, ranges: list[tuple[int, int]], spanning: bool = False) -> None:
+        """:meth:`_accumulate` for the row ranges ``ranges`` of one layer (in the calling thread's buffers);
+        ``spanning``: every row of this rank, of a block row that spans the shards (a :class:`ChainedFold`)."""
         reduce = self.config.reduce
         pattern, acc, per, r = lay.pattern, lay.acc, lay.per, lay.r
-        rows, cols = lay.layer.layout.rows, lay.layer.layout.cols
-        device = lay.layer.weight.device
-        scratch = self._scratch(device, min(per, rows) * cols)
-        blocks = isinstance(pattern, BlockPattern) and pattern.block_numel > 1
-        tall = r > per
+        rows, cols = lay.rows, lay.layer.layout.cols
+        device = lay.layer.data.device
+        scratch = self._scratch(device, max(1, min(per, rows) * cols))
+        blocks = isinstance(pattern, BlockPattern) and pattern.block_numel > 1 or spanning
+        tall = r > per or spanning
         if blocks:
             reduced = self._scratch(device, (1 if tall else -(-min(per, rows) // r)) * pattern.grid_cols, "blocks")
             fold = None
+        if spanning:  # the rank's rows are one part of the block row (maybe none): the fold runs whatever they are
+            fold = self._fold(lay.layer, pattern, rows, reduce)
         if lay.fast is not None:
             g_bits, m_flat, int_dtype = lay.fast
             widened = _masks.widen_buffer(device, int_dtype)
@@ -624,6 +696,8 @@ class PrunerGroup:
                 target = acc[a // r : -(-b // r)]
                 res = pattern.rows_pattern(b - a).resolution(s, reduce, out=reduced[: target.numel()].view(target.shape))
                 self.criterion.accumulate(target, res)
+            elif spanning:
+                fold.add(s)
             elif blocks:  # a part of one block row taller than a chunk
                 a0 = a // r * r
                 if a == a0:
@@ -635,6 +709,10 @@ class PrunerGroup:
                     self.criterion.accumulate(acc[a // r : a // r + 1], row)
             else:
                 self.criterion.accumulate(acc[a:b], s)
+        if spanning:
+            row = reduced[: pattern.grid_cols].view(1, -1)
+            fold.finish(row)
+            self.criterion.accumulate(acc[0:1], row)
 
     # ------------------------------------------------------------------ events
     @torch.no_grad()
@@ -652,10 +730,11 @@ class PrunerGroup:
         acc = self._accumulated(layer, step) if self.criterion.accumulates else None
         if isinstance(pattern, NMPattern):  # the largest element score (for _grid_finite): only when unchecked
             pattern.score_peak = None if checked else torch.zeros((), dtype=torch.float32, device=layer.weight.device)
-        if isinstance(pattern, BlockPattern) and pattern.block_numel == 1 and self._streamable(layer, grad):
+        whole = self._whole_pattern(layer)  # (a shard's rows may be fewer than a block's: judge by the whole layer's)
+        if isinstance(whole, BlockPattern) and whole.block_numel == 1 and self._streamable(layer, grad):
             grid: BlockGrid = self._stream_grid(layer, pattern, grad)
         else:
-            grid = self._chunked_grid(layer, pattern, grad, acc, ordered)
+            grid = self._chunked_grid(layer, self._score_pattern(layer), grad, acc, ordered)
         if not checked:
             if isinstance(pattern, NMPattern) and isinstance(grid, RowGrid):
                 for _ in grid.chunks():  # a pass that sets score_peak
@@ -711,7 +790,8 @@ class PrunerGroup:
             checks.extend((layer, "gradients", t) for t in inputs if t is not weight and t is not layer.weight)
         by_device: dict[torch.device, list[int]] = {}
         for i, (_, _, t) in enumerate(checks):
-            by_device.setdefault(t.device, []).append(i)
+            if t.numel():  # (a shard may hold no rows, or own no block row)
+                by_device.setdefault(t.device, []).append(i)
         failed: list[int] = []
         for indices in by_device.values():
             extremes = torch.stack([torch.stack(torch.aminmax(checks[i][2])).float() for i in indices])
@@ -791,18 +871,31 @@ class PrunerGroup:
         reduce = self.config.reduce
         rows, cols = layer.layout.rows, layer.layout.cols
         kind = layer.layout.kind
-        device = layer.weight.device
+        device = layer.data.device
         criterion = self.criterion
         wv = rows_view(layer.data, kind)
         gv = rows_view(grad, kind) if grad is not None and acc is None else None
         mask = self.mask8[layer.name]
         mv = rows_view(mask, kind)
+        halo = self._halos.get(layer.name)
+        if halo is not None:  # the owned space: this rank's rows from halo.lead on and the next rank's halo rows
+            mv = mv[halo.lead :]
+            rows = halo.rows
+            if acc is None:
+                got = halo.exchange([wv] if gv is None else [wv, gv])
+                wv, gv = got[0], (got[1] if gv is not None else None)  # type: ignore[assignment]
+            else:
+                wv = OwnedRows(wv[halo.lead :], None)  # type: ignore[assignment]
+        # (samples are a guide for the searches: they read this rank's own rows only)
+        sample_wv = wv.own if isinstance(wv, OwnedRows) else wv
+        sample_gv = gv.own if isinstance(gv, OwnedRows) else gv
         any_pruned = int(torch.count_nonzero(mask)) < mask.numel()
         size = event_chunk(layer.numel)
         per = self._chunk_rows(layer, size)
         nm = isinstance(pattern, NMPattern)
         r = 1 if nm else pattern.r
-        tall = r > per
+        spanning = layer.name in self._spanning  # one block row over every shard: a ChainedFold, whole-layer pattern
+        tall = r > per or spanning
         step = 1 if tall else per // r  # block rows per part
         gr, gc = (rows, pattern.groups) if nm else (pattern.grid_rows, pattern.grid_cols)
         block_acc = acc is not None and not nm  # accumulated scores at block resolution: the grid itself
@@ -831,7 +924,7 @@ class PrunerGroup:
                 if res is not dest:  # 1x1: the scores themselves
                     dest.copy_(res)
             else:  # one block row, taller than a chunk: the same scores, folded chunk by chunk
-                fold = pattern.fold(b - a, reduce)
+                fold = self._fold(layer, pattern, b - a, reduce)
                 for s, e in row_ranges(b - a, r, per):
                     fold.add(scores(a + s, a + e))
                 fold.finish(dest)
@@ -852,6 +945,8 @@ class PrunerGroup:
                 g1 = min(g0 + step, gr)
                 if nm:
                     total += torch.count_nonzero(pattern.pruned_groups(mask_rows(g0, g1).contiguous())) * pattern.n
+                elif spanning:
+                    total += pattern.count(pattern.pruned_rows(mask_rows(0, rows, r)))
                 else:
                     a, b = g0 * r, min(g1 * r, rows)
                     total += pattern.rows_pattern(b - a).count(pattern.pruned_rows(mask_rows(a, b, r)))
@@ -901,7 +996,7 @@ class PrunerGroup:
             elif nm:
                 j = gj[:, None] * pattern.m + torch.arange(pattern.m, device=device)
                 i = gi[:, None].expand_as(j)
-                got = acc[i, j] if acc is not None else criterion.score(gather_2d(wv, i, j), None if gv is None else gather_2d(gv, i, j))
+                got = acc[i, j] if acc is not None else criterion.score(gather_2d(sample_wv, i, j), None if gv is None else gather_2d(sample_gv, i, j))
                 pruned = gather_2d(mv, i, j) == 0
                 low = got.float().masked_fill(pruned, PRUNED).sort(dim=-1).values[:, : pattern.n]  # the N lowest
                 values = low.amax(-1) if reduce == "max" else low.sum(-1) / (pattern.n if reduce == "mean" else 1)
@@ -909,10 +1004,10 @@ class PrunerGroup:
             else:
                 dr = torch.arange(min(r, 4), device=device)
                 dc = torch.arange(min(pattern.c, 4), device=device)
-                i = ((gi * r)[:, None, None] + dr[None, :, None]).clamp_(max=rows - 1)
+                i = ((gi * r)[:, None, None] + dr[None, :, None]).clamp_(max=max(0, sample_wv.shape[0] - 1))
                 j = ((gj * pattern.c)[:, None, None] + dc[None, None, :]).clamp_(max=cols - 1)
                 i, j = torch.broadcast_tensors(i, j)
-                elem = criterion.score(gather_2d(wv, i, j), None if gv is None else gather_2d(gv, i, j)).float()
+                elem = criterion.score(gather_2d(sample_wv, i, j), None if gv is None else gather_2d(sample_gv, i, j)).float()
                 flat = elem.reshape(elem.shape[0], -1)
                 values = flat.amax(1) if reduce == "max" else flat.mean(1) * (1 if reduce == "mean" else r * pattern.c)
             if any_pruned and not nm:
@@ -992,16 +1087,27 @@ class PrunerGroup:
         """The pattern of the whole layer (``self.patterns`` holds that of this rank's rows of a sharded one)."""
         return self.global_patterns.get(layer.name) or self.patterns[layer.name]
 
+    def _score_pattern(self, layer: Layer) -> BlockPattern | NMPattern:
+        """The pattern of the scores this rank holds: the whole layer's when its block row spans the shards."""
+        return self._whole_pattern(layer) if layer.name in self._spanning else self.patterns[layer.name]
+
+    def _grid_sharded(self, layer: Layer) -> bool:
+        """True when this rank's grid of ``layer`` holds only its own block rows (False: the whole grid)."""
+        return layer.shard is not None and layer.shard.world > 1 and layer.name not in self._spanning
+
     def _grid_offset(self, layer: Layer, grid: BlockGrid) -> int:
         """Global flat index of the first block of this rank's grid of a sharded layer (0 when whole)."""
-        if layer.shard is None:
+        if not self._grid_sharded(layer):
             return 0
+        halo = self._halos.get(layer.name)
+        if halo is not None:
+            return halo.grid_row0 * grid.shape[1]
         rows_before = layer.shard.row0 // (1 if isinstance(grid, StreamGrid) else _row_block(self.patterns[layer.name]))
         return rows_before * (layer.layout.cols if isinstance(grid, StreamGrid) else grid.shape[1])
 
     def _comm(self, layers: list[Layer], grids: list[BlockGrid]) -> ShardComm | None:
         """The communicator of a threshold search over ``grids`` (``None`` when no layer is sharded)."""
-        if self.shard is None or self.shard.world == 1 or not any(l.shard is not None for l in layers):
+        if self.shard is None or not any(self._grid_sharded(l) for l in layers):
             return None
         totals = []
         for layer, grid in zip(layers, grids):
@@ -1012,9 +1118,7 @@ class PrunerGroup:
                 totals.append(whole.rows * whole.groups)
             else:
                 totals.append(whole.grid_rows * whole.grid_cols)
-        return ShardComm(
-            self.shard, [l.shard is not None for l in layers], [self._grid_offset(l, g) for l, g in zip(layers, grids)], totals
-        )
+        return ShardComm(self.shard, [self._grid_sharded(l) for l in layers], [self._grid_offset(l, g) for l, g in zip(layers, grids)], totals)
 
     def _warn_capped(self, step: int, capped: list[str]) -> None:
         """Global scope drove layers to ``max_sparsity_per_op``: say so once for each new layer that got there."""
@@ -1070,6 +1174,10 @@ class PrunerGroup:
         mask = self.mask8[layer.name]
         mv = rows_view(mask, layer.layout.kind)
         rows = layer.layout.rows
+        halo = self._halos.get(layer.name)
+        if halo is not None:  # commit into this rank's rows of its owned space; the rest goes to their ranks
+            mv, rows = mv[halo.lead :], halo.rows
+        tail_keep: list[torch.Tensor] = []  # the keep flags of the last block row, when it straddles into the next rank
         per = self._chunk_rows(layer, event_chunk(layer.numel))
         flat = isinstance(grid, StreamGrid)  # 1x1 on a contiguous 2-D view: parts are flat element ranges
         nm = isinstance(pattern, NMPattern)
@@ -1090,9 +1198,13 @@ class PrunerGroup:
                 pattern.and_keep_(mv[start:stop], keep)
             else:
                 keep.neg_()
+                if halo is not None and halo.halo and stop == grid.shape[0]:
+                    tail_keep.append(keep[-1].clone())
                 a, b = start * r, min(stop * r, rows)
                 for s, e in row_ranges(b - a, r, per) if r > per else ((0, b - a),):
-                    pattern.and_keep_(mv[a + s : a + e], keep)
+                    region = mv[a + s : a + e]  # (the rows past this rank's own are the halo's: not here)
+                    if region.shape[0]:
+                        pattern.and_keep_(region, keep)
 
         if sync:
             import torch.distributed as dist
@@ -1114,6 +1226,10 @@ class PrunerGroup:
         else:
             for start, stop, scores, extra in grid.parts():
                 commit(start, stop, decide(start, stop, scores, extra))
+        if halo is not None:  # straddling block rows: their owners' choice for this rank's lead rows
+            lead_keep = halo.swap_keep(tail_keep[0] if tail_keep else None, gc, mask.device)
+            if lead_keep is not None:
+                self._whole_pattern(layer).and_keep_(rows_view(mask, layer.layout.kind)[: halo.lead], lead_keep.view(1, -1))
         if apply:
             chunk = event_chunk(layer.numel)
             apply_mask_(layer.weight, mask, chunk)
@@ -1205,7 +1321,7 @@ class PrunerGroup:
             if kind == "mask":
                 shape, ok_dtype, what = layer.layout.shape, tensor.dtype == torch.bool if isinstance(tensor, torch.Tensor) else False, "a bool tensor"
             else:
-                shape, what = _res_shape(self.patterns[name]), "a floating tensor"
+                shape, what = _res_shape(self._score_pattern(layer)), "a floating tensor"
                 ok_dtype = isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
             if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided:
                 problems.append(f"{where}[{name!r}]: expected {what}, got {type(tensor).__name__}")

@@ -68,7 +68,7 @@ class BlockPattern:
 
     def __init__(self, rows: int, cols: int, r: int, c: int) -> None:
         self.rows, self.cols = rows, cols
-        self.r = rows if r == 0 else min(r, rows)
+        self.r = max(1, rows if r == 0 else min(r, rows))  # (a shard may hold no rows)
         self.c = cols if c == 0 else min(c, cols)
         self.full_rows, self.full_cols = rows // self.r, cols // self.c  # full block rows / cols
         self.edge_rows, self.edge_cols = rows - self.full_rows * self.r, cols - self.full_cols * self.c
@@ -337,8 +337,38 @@ class RowFold:
 
     def finish(self, dest: torch.Tensor) -> None:
         """The block row's scores into ``dest`` ``[1, grid cols]``."""
+        self.finish_rows(self.rows_result(), dest)
+
+    def rows_result(self) -> torch.Tensor:
+        """The rows reduced so far (sum in the tree's order, or maximum): ``[cols]``."""
+        return self._tree.result() if self._tree is not None else self._max
+
+    def state(self, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """What was fed so far, as tensors (``[levels, 2]`` int64 header, ``[levels, width]`` float32), so
+        that another process can go on feeding rows (:meth:`load_state`): the same result as one fold."""
+        if self._tree is None:
+            slots = [[self._max, 0]]
+        else:
+            slots = self._tree._open
+        header = torch.tensor([[0 if s[0] is None else 1, s[1]] for s in slots], dtype=torch.int64).reshape(-1, 2)
+        data = torch.zeros(len(slots), width, dtype=torch.float32, device=device)
+        for i, (value, _) in enumerate(slots):
+            if value is not None:
+                data[i].copy_(value)
+        return header, data
+
+    def load_state(self, header: torch.Tensor, data: torch.Tensor) -> None:
+        """Continue from a :meth:`state` (of a fold of the same block row)."""
+        slots = [[data[i].clone() if int(h[0]) else None, int(h[1])] for i, h in enumerate(header)]
+        if self._tree is None:
+            self._max = slots[0][0] if slots else None
+        else:
+            self._tree._open = slots
+
+    def finish_rows(self, rows: torch.Tensor, dest: torch.Tensor) -> None:
+        """The block row's scores into ``dest`` from :meth:`rows_result`."""
         br, reduce = self.height, self.reduce
-        rows = (self._tree.result() if self._tree is not None else self._max).view(1, -1)
+        rows = rows.view(1, -1)
         if br == 1:
             rows = rows.clone()
         for _, ec, _, gc, _, bc in self.pattern.rows_pattern(br)._parts():

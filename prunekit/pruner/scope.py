@@ -143,7 +143,9 @@ def _elements(grid: BlockGrid) -> int:
 
 def _max(grids: Sequence[BlockGrid], comm: ShardComm | None = None) -> float:
     top = float("-inf")
-    for grid in grids:
+    for i, grid in enumerate(grids):
+        if comm is not None and not comm.sharded[i] and comm.rank != 0:
+            continue  # a replicated grid: rank 0's stands for it
         for _, chunk in grid.chunks():
             top = max(top, float(chunk.max())) if chunk.numel() else top
     return comm.max(top) if comm is not None else top

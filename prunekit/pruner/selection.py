@@ -63,10 +63,9 @@ class Layout:
 
     @property
     def cols(self) -> int:
-        numel = 1
-        for s in self.shape:
-            numel *= s
-        return numel // self.rows
+        if self.kind in ("transposed", "conv_transposed"):
+            return self.shape[0] * math.prod(self.shape[2:])
+        return math.prod(self.shape[1:])  # (also when a shard holds no rows)
 
     @property
     def inner(self) -> int:

@@ -54,6 +54,8 @@ class RowShard:
     #: the DTensor's mesh and placements (to build DTensors of the same layout: masks, scores)
     mesh: Any
     placements: tuple[Any, ...]
+    #: where the tensors of collectives live (CUDA for NCCL, else the CPU)
+    comm_device: torch.device = torch.device("cpu")
 
     @property
     def row0(self) -> int:
@@ -113,7 +115,12 @@ def row_shard(name: str, weight: torch.Tensor, kind: str) -> RowShard | None:
             f"(torch.chunk's split of {rows} rows) gives it {starts[rank + 1] - starts[rank]}; prunekit "
             f"supports FSDP2's even sharding only"
         )
-    return RowShard(group, rank, world, starts, tuple(int(s) for s in weight.shape), mesh, placements)
+    import torch.distributed as dist
+
+    comm_device = torch.device("cpu")
+    if dist.get_backend(group) == "nccl":
+        comm_device = torch.device("cuda", torch.cuda.current_device())
+    return RowShard(group, rank, world, starts, tuple(int(s) for s in weight.shape), mesh, placements, comm_device)
 
 
 def as_dtensor(local: torch.Tensor, shard: RowShard, global_shape: Sequence[int] | None = None) -> torch.Tensor:
@@ -134,7 +141,7 @@ def global_counts(values: Sequence[int], shard: RowShard | None, sharded: Sequen
     import torch.distributed as dist
 
     mine = [v if (sharded is None or sharded[i] or shard.rank == 0) else 0 for i, v in enumerate(values)]
-    t = torch.tensor(mine, dtype=torch.int64)
+    t = torch.tensor(mine, dtype=torch.int64, device=shard.comm_device)
     dist.all_reduce(t, group=shard.group)
     return [int(v) for v in t.tolist()]
 
@@ -152,6 +159,7 @@ class ShardComm:
     def __init__(self, shard: RowShard, sharded: Sequence[bool], offsets: Sequence[int], totals: Sequence[int]) -> None:
         self.shard = shard
         self.group = shard.group
+        self.device = shard.comm_device
         self.rank, self.world = shard.rank, shard.world
         self.sharded = list(sharded)
         self.offsets = list(offsets)
@@ -168,14 +176,16 @@ class ShardComm:
 
         if not matrix:
             return matrix
-        t = torch.tensor([[v if (self.sharded[g] or self.rank == 0) else 0 for g, v in enumerate(row)] for row in matrix], dtype=torch.int64)
+        t = torch.tensor(
+            [[v if (self.sharded[g] or self.rank == 0) else 0 for g, v in enumerate(row)] for row in matrix], dtype=torch.int64, device=self.device
+        )
         dist.all_reduce(t, group=self.group)
         return [[int(v) for v in row] for row in t.tolist()]
 
     def max(self, value: float) -> float:
         import torch.distributed as dist
 
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
         return float(t)
 
@@ -186,21 +196,214 @@ class ShardComm:
 
         if grid is not None and not self.sharded[grid]:
             tensors = [t if self.rank == 0 else t[:0] for t in tensors]
-        sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.int64)
+        sizes = torch.tensor([t.numel() for t in tensors], dtype=torch.int64, device=self.device)
         all_sizes = [torch.empty_like(sizes) for _ in range(self.world)]
         dist.all_gather(all_sizes, sizes, group=self.group)
+        all_sizes = [s.cpu() for s in all_sizes]
         width = max(int(s.sum()) for s in all_sizes)
-        out_dtype = torch.float64
-        flat = torch.zeros(width, dtype=out_dtype)
+        out_dtype = torch.float64  # exact for float32 scores and for flat indices below 2^53
+        flat = torch.zeros(width, dtype=out_dtype, device=self.device)
         if tensors:
             joined = torch.cat([t.to(out_dtype) for t in tensors]) if any(t.numel() for t in tensors) else flat[:0]
-            flat[: joined.numel()] = joined
+            flat[: joined.numel()] = joined.to(self.device)
         buffers = [torch.empty_like(flat) for _ in range(self.world)]
         dist.all_gather(buffers, flat, group=self.group)
+        buffers = [b.cpu() for b in buffers]
         result: list[list[torch.Tensor]] = [[] for _ in tensors]
-        for r, (buf, s) in enumerate(zip(buffers, all_sizes)):
+        for buf, s in zip(buffers, all_sizes):
             offset = 0
             for i, n in enumerate(s.tolist()):
                 result[i].append(buf[offset : offset + n])
                 offset += n
         return [torch.cat(parts).to(t.dtype) for parts, t in zip(result, tensors)]
+
+
+#: levels a fold's state may have (a 4-ary tree over the rows: 4^32 rows)
+_MAX_LEVELS = 32
+
+
+class ChainedFold:
+    """The scores of one block row that spans every shard (``channelx1``: a whole column), as one process
+    computes them (:class:`~prunekit.pruner.patterns.RowFold`), with each rank feeding its own rows.
+
+    A fold adds the rows in a fixed order whatever the chunking, so the ranks feed it in turn: rank
+    ``k`` takes the fold's state from rank ``k - 1`` (a few rows: the open nodes of the sum's tree),
+    feeds its rows, and passes it on; the last rank's result is broadcast. Costs one point-to-point
+    message per rank and one broadcast of a score row, and the ranks wait for each other (block
+    rows spanning shards are rare: channel patterns); exact.
+    """
+
+    def __init__(self, fold: Any, shard: RowShard, width: int, device: torch.device) -> None:
+        import torch.distributed as dist
+
+        self.fold, self.shard, self.width, self.device = fold, shard, width, device
+        if shard.rank > 0:
+            header = torch.zeros(_MAX_LEVELS, 2, dtype=torch.int64, device=shard.comm_device)
+            dist.recv(header, group=shard.group, group_src=shard.rank - 1)
+            header = header.cpu()
+            levels = int(header[0, 0])
+            data = torch.zeros(max(levels, 1), width, dtype=torch.float32, device=shard.comm_device)
+            dist.recv(data, group=shard.group, group_src=shard.rank - 1)
+            fold.load_state(header[1 : 1 + levels], data[:levels].to(device))
+
+    def add(self, scores2d: torch.Tensor) -> None:
+        self.fold.add(scores2d)
+
+    def finish(self, dest: torch.Tensor) -> None:
+        import torch.distributed as dist
+
+        shard = self.shard
+        if shard.rank < shard.world - 1:
+            header, data = self.fold.state(self.width, self.device)
+            levels = header.shape[0]
+            if levels + 1 > _MAX_LEVELS:
+                raise PruningError(f"a block row of {shard.rows} rows is deeper than {_MAX_LEVELS - 1} levels")
+            packed = torch.zeros(_MAX_LEVELS, 2, dtype=torch.int64)
+            packed[0, 0] = levels
+            packed[1 : 1 + levels] = header
+            dist.send(packed.to(shard.comm_device), group=shard.group, group_dst=shard.rank + 1)
+            payload = data if levels else torch.zeros(1, self.width)
+            dist.send(payload.to(shard.comm_device), group=shard.group, group_dst=shard.rank + 1)
+            rows = torch.empty(self.width, dtype=torch.float32, device=shard.comm_device)
+        else:
+            rows = self.fold.rows_result().float().to(shard.comm_device).contiguous()
+        dist.broadcast(rows, group=shard.group, group_src=shard.world - 1)
+        self.fold.finish_rows(rows.to(self.device), dest)
+
+
+@dataclass(frozen=True, eq=False)
+class Halo:
+    """Block rows of ``r`` rows that straddle shard boundaries (``r`` does not divide them).
+
+    A block row belongs to the rank that holds its first row (its *owner*): this rank's grid holds
+    the block rows that start in its shard, i.e. its rows from ``lead`` on plus ``halo`` rows of the
+    next rank(s) (:attr:`rows` in all: the rows of its *owned space*). Its first ``lead`` rows belong
+    to a block row that ``lead_owner`` owns. Before scoring, each rank sends its lead rows to their
+    owner (:meth:`exchange`); after choosing, the owner sends the keep flags of its last block row to
+    the ranks that hold the rest of it (:meth:`swap_keep`). Messages are a few rows; the scores of a
+    straddling block are those one process computes (the same rows, reduced the same way).
+    """
+
+    shard: RowShard
+    r: int
+    #: this rank's first rows that belong to a block row an earlier rank owns
+    lead: int
+    lead_owner: int | None
+    #: ``(rank, rows)`` of the ranks that hold the rest of this rank's last block row, in order
+    halo_from: tuple[tuple[int, int], ...]
+
+    @property
+    def halo(self) -> int:
+        return sum(n for _, n in self.halo_from)
+
+    @property
+    def local_rows(self) -> int:
+        """This rank's rows in its owned space (from ``lead`` on)."""
+        return self.shard.row1 - self.shard.row0 - self.lead
+
+    @property
+    def rows(self) -> int:
+        """Rows of the owned space: this rank's rows from ``lead`` on and the halo."""
+        return self.local_rows + self.halo
+
+    @property
+    def grid_row0(self) -> int:
+        """Global index of this rank's first block row."""
+        return -(-(self.shard.row0 + self.lead) // self.r)
+
+    def _p2p(self, sends: list[tuple[torch.Tensor, int]], recvs: list[tuple[torch.Tensor, int]]) -> None:
+        import torch.distributed as dist
+
+        device = self.shard.comm_device
+        staged = [(t.to(device).contiguous(), peer) for t, peer in sends]
+        landing = [(torch.empty(t.shape, dtype=t.dtype, device=device), t, peer) for t, peer in recvs]
+        ops = [dist.P2POp(dist.isend, t, group=self.shard.group, group_peer=peer) for t, peer in staged]
+        ops += [dist.P2POp(dist.irecv, buf, group=self.shard.group, group_peer=peer) for buf, _, peer in landing]
+        if ops:
+            for work in dist.batch_isend_irecv(ops):
+                work.wait()
+        for buf, dest, _ in landing:
+            dest.copy_(buf)
+
+    def exchange(self, tensors: Sequence[torch.Tensor]) -> list["OwnedRows"]:
+        """Each tensor's rows (this rank's, first dim = rows) as rows of the owned space: a :class:`OwnedRows`
+        of its rows from ``lead`` on and the halo rows received from the next ranks."""
+        sends, recvs, parts = [], [], []
+        for t in tensors:
+            if self.lead and self.lead_owner is not None:
+                sends.append((t[: self.lead], self.lead_owner))
+            mine = [torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=t.device) for _, n in self.halo_from]
+            recvs += [(buf, peer) for buf, (peer, _) in zip(mine, self.halo_from)]
+            parts.append(mine)
+        self._p2p(sends, recvs)  # the messages between two ranks go in the order of `tensors` on both
+        return [OwnedRows(t[self.lead :], torch.cat(p) if len(p) > 1 else p[0] if p else None) for t, p in zip(tensors, parts)]
+
+    def swap_keep(self, tail_keep: torch.Tensor | None, width: int, device: torch.device) -> torch.Tensor | None:
+        """Send the int8 keep flags of this rank's last block row (``[grid cols]``) to the ranks holding the
+        rest of it; return those of the block row this rank's lead rows belong to (None without lead rows)."""
+        sends = [(tail_keep, peer) for peer, _ in self.halo_from] if tail_keep is not None else []
+        if self.halo_from and tail_keep is None:
+            raise RuntimeError("a block row with halo rows has no keep flags")
+        got = torch.empty(width, dtype=torch.int8, device=device) if self.lead and self.lead_owner is not None else None
+        self._p2p(sends, [(got, self.lead_owner)] if got is not None else [])
+        return got
+
+
+def halo_of(shard: RowShard, r: int) -> Halo | None:
+    """The :class:`Halo` of this rank for block rows of ``r`` rows (None when every shard boundary is a multiple of ``r``)."""
+    if r <= 1 or shard.aligned(r):
+        return None
+    row0, row1, rows = shard.row0, shard.row1, shard.rows
+    lead = min((-row0) % r, row1 - row0)
+    lead_owner = None
+    if lead:
+        first = row0 - row0 % r  # the first row of the block row the lead rows belong to
+        lead_owner = max(k for k in range(shard.world) if shard.starts[k] <= first and shard.starts[k] < shard.starts[k + 1])
+    halo_from: list[tuple[int, int]] = []
+    if row0 + lead < row1:  # this rank starts a block row: its last one may go on past row1
+        end = min(-(-row1 // r) * r, rows)
+        for k in range(shard.rank + 1, shard.world):
+            a, b = max(shard.starts[k], row1), min(shard.starts[k + 1], end)
+            if a < b:
+                halo_from.append((k, b - a))
+    return Halo(shard, r, lead, lead_owner, tuple(halo_from))
+
+
+class OwnedRows:
+    """Rows ``[a:b]`` of a rank's owned space (see :class:`Halo`): its own rows (a view) followed by the
+    halo rows; slices within its own rows are views, those reaching into the halo are new tensors."""
+
+    def __init__(self, own: torch.Tensor, halo: torch.Tensor | None) -> None:
+        self.own, self.halo = own, halo
+        self.n = own.shape[0]
+        rows = self.n + (halo.shape[0] if halo is not None else 0)
+        self.shape = torch.Size((rows, *own.shape[1:]))
+        self.device, self.dtype = own.device, own.dtype
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        a, b, step = index.indices(self.shape[0])
+        if b <= self.n or self.halo is None:
+            return self.own[a:b:step]
+        return torch.cat([self.own[a:], self.halo[max(0, a - self.n) : b - self.n]])[::step] if a < self.n else self.halo[a - self.n : b - self.n : step]
+
+
+def reshard_rows(local: torch.Tensor, have: Sequence[int], want: Sequence[int], shard: RowShard) -> torch.Tensor:
+    """Rows of a tensor split over the ranks as ``have`` (rank k holds rows ``have[k]:have[k+1]``, ``local``)
+    redistributed as ``want`` (this rank's ``want[k]:want[k+1]``, returned): point-to-point messages of
+    the overlapping rows only."""
+    k = shard.rank
+    lo, hi = want[k], want[k + 1]
+    out = torch.empty((hi - lo, *local.shape[1:]), dtype=local.dtype, device=local.device)
+    sends, recvs = [], []
+    for j in range(shard.world):
+        a, b = max(have[k], want[j]), min(have[k + 1], want[j + 1])  # my rows rank j wants
+        if a < b and j != k:
+            sends.append((local[a - have[k] : b - have[k]], j))
+        a, b = max(have[j], lo), min(have[j + 1], hi)  # rows of rank j I want
+        if a < b:
+            if j == k:
+                out[a - lo : b - lo].copy_(local[a - have[k] : b - have[k]])
+            else:
+                recvs.append((out[a - lo : b - lo], j))
+    Halo(shard, 1, 0, None, ())._p2p(sends, recvs)
+    return out

@@ -39,6 +39,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
             "scheduler": {"type": "iterative", "start_step": 2, "end_step": 8, "frequency": 3}},
     "1xchannel": {"pattern": "1xchannel", "scope": "global", "criterion": "magnitude", "target_sparsity": 0.5,
                   "scheduler": {"type": "iterative", "start_step": 1, "end_step": 7, "frequency": 3}},
+    "channelx1": {"pattern": "channelx1", "scope": "global", "criterion": "snip_momentum", "target_sparsity": 0.5,
+                  "scheduler": {"type": "iterative", "start_step": 1, "end_step": 7, "frequency": 3}},
+    "channelx1_local": {"pattern": "channelx1", "scope": "local", "criterion": "magnitude", "target_sparsity": 0.5,
+                        "scheduler": {"type": "oneshot", "start_step": 0}},
+    "8x1": {"pattern": "8x1", "scope": "global", "criterion": "snip_momentum", "target_sparsity": 0.6,
+            "scheduler": {"type": "iterative", "start_step": 1, "end_step": 9, "frequency": 4}},
+    "2x2_local": {"pattern": "2x2", "scope": "local", "criterion": "magnitude", "target_sparsity": 0.6,
+                  "scheduler": {"type": "iterative", "start_step": 0, "end_step": 6, "frequency": 3}},
     "4x1_local": {"pattern": "4x1", "scope": "local", "criterion": "magnitude", "target_sparsity": 0.6,
                   "scheduler": {"type": "oneshot", "start_step": 0}},
     "1x1_local": {"pattern": "1x1", "scope": "local", "criterion": "magnitude", "target_sparsity": 0.55,
@@ -119,6 +127,10 @@ def main() -> None:
     from prunekit import Pruning
 
     kind, name = scenario.split(":", 1)
+    if "@" in name:  # NAME@32-50-30-22: the layer sizes
+        name, sizes = name.split("@")
+        global SIZES
+        SIZES = tuple(int(v) for v in sizes.split("-"))
     result: dict[str, Any] = {}
     try:
         if kind == "ties":
@@ -154,7 +166,9 @@ def main() -> None:
                 train(model, opt, range(session.global_step, STEPS), rank, world)
         result = result_of(session)
     except Exception as err:  # noqa: BLE001 - the message is the test's evidence
-        result = {"error": f"{type(err).__name__}: {err}"}
+        import traceback
+
+        result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
     with open(f"{out}.{rank}", "w") as f:
         json.dump(result, f)
     if world > 1:
