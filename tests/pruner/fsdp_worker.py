@@ -5,14 +5,18 @@ rank trains on its slice of the same global batch (FSDP2 averages the gradients)
 differ only in how the model is sharded. ``STORE`` is a file path for gloo's rendezvous; the ranks
 meet at a barrier before the group is destroyed (no aborts at exit).
 
-Scenarios (``OUT.RANK`` receives JSON: the gathered masks as 0/1 lists, history, report):
+``SCENARIO`` is a comma-separated list, run one after the other in the same processes; ``OUT.RANK``
+receives JSON ``{scenario: result}`` (the gathered masks as 0/1 lists, history, report, whether
+pruned weights and their momentum are zero on this rank, the most bytes of masks and scores this
+rank held). ``NAME@32-50-30-22`` picks other layer sizes (shards that cut through blocks).
 
 * ``train:NAME``: train ``STEPS`` steps with config ``CONFIGS[NAME]``;
 * ``ties:NAME``: no training; weights rounded to a few values (many exact ties, across shard
   boundaries), one event (``prune_now``);
 * ``save:NAME``: train ``SAVE_AT`` steps, save model, optimizer and pruning state with
   ``torch.distributed.checkpoint`` into ``ARG``;
-* ``resume:NAME``: load that checkpoint (any world size) and train on to ``STEPS``.
+* ``resume:NAME``: load that checkpoint (any world size) and train on to ``STEPS``;
+* ``refuse:-``: the messages for what cannot be pruned shard by shard.
 """
 
 from __future__ import annotations
@@ -54,12 +58,12 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def model_for(world: int) -> nn.Module:
+def model_for(world: int, sizes: tuple[int, ...]) -> nn.Module:
     torch.manual_seed(0)
     layers: list[nn.Module] = []
-    for i in range(len(SIZES) - 1):
-        layers.append(nn.Linear(SIZES[i], SIZES[i + 1]))
-        if i < len(SIZES) - 2:
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
             layers.append(nn.Tanh())
     model = nn.Sequential(*layers)
     if world > 1:
@@ -72,26 +76,55 @@ def model_for(world: int) -> nn.Module:
     return model
 
 
-def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def global_batch(step: int, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1000 + step)
-    return torch.randn(BATCH, SIZES[0], generator=g), torch.randn(BATCH, SIZES[-1], generator=g)
+    return torch.randn(BATCH, sizes[0], generator=g), torch.randn(BATCH, sizes[-1], generator=g)
 
 
-def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range, rank: int, world: int) -> None:
+def local(t: torch.Tensor) -> torch.Tensor:
+    return t._local_tensor if hasattr(t, "_local_tensor") else t
+
+
+def state_bytes(session: Any) -> int:
+    """Bytes of the masks and scores this rank keeps."""
+    return sum(m.numel() * m.element_size() for g in session.groups for m in g.mask8.values()) + sum(
+        s.numel() * s.element_size() for g in session.groups for s in g.scores.values()
+    )
+
+
+def train(model: nn.Module, opt: torch.optim.Optimizer, steps: range, rank: int, world: int, sizes: tuple[int, ...], session: Any) -> int:
+    """Train on this rank's slice of each global batch; returns the most bytes of masks and scores seen."""
+    peak = state_bytes(session)
     for step in steps:
-        x, y = global_batch(step)
+        x, y = global_batch(step, sizes)
         per = BATCH // world
         xs, ys = x[rank * per : (rank + 1) * per], y[rank * per : (rank + 1) * per]
         opt.zero_grad()
         nn.functional.mse_loss(model(xs), ys).backward()
         opt.step()
+        peak = max(peak, state_bytes(session))
+    return peak
 
 
 def whole(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
-def result_of(session: Any) -> dict[str, Any]:
+def pruned_stay_zero(session: Any, opt: torch.optim.Optimizer | None) -> bool:
+    """This rank's pruned weights, and their optimizer state, are exactly zero."""
+    ok = True
+    for group in session.groups:
+        for layer in group.layers:
+            pruned = group.mask8[layer.name] == 0
+            ok &= bool((local(layer.weight.detach())[pruned] == 0).all())
+            if opt is not None:
+                for value in opt.state.get(layer.weight, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == layer.weight.shape:
+                        ok &= bool((local(value)[pruned] == 0).all())
+    return ok
+
+
+def result_of(session: Any, opt: torch.optim.Optimizer | None = None, peak: int = 0) -> dict[str, Any]:
     masks = {name: whole(mask).to(torch.uint8).tolist() for name, mask in session.masks.items()}
     report = session.report()
     return {
@@ -99,17 +132,18 @@ def result_of(session: Any) -> dict[str, Any]:
         "history": [[r.step, r.target, r.sparsity, r.layers] for r in session.history],
         "report": [[r.name, list(r.shape), r.sparsity, r.numel] for r in report],
         "sparsity": report.sparsity,
+        "zero": pruned_stay_zero(session, opt),
+        "state_bytes": peak,
     }
 
 
-def ties_run(name: str, world: int) -> Any:
+def ties_run(name: str, world: int, sizes: tuple[int, ...]) -> Any:
     from prunekit import Pruning
 
-    model = model_for(world)
+    model = model_for(world, sizes)
     with torch.no_grad():
         for p in model.parameters():
-            local = p._local_tensor if hasattr(p, "_local_tensor") else p
-            local.mul_(8).round_().div_(8)  # values in steps of 1/8: many exact ties
+            local(p).mul_(8).round_().div_(8)  # values in steps of 1/8: many exact ties
     cfg = dict(CONFIGS[name])
     cfg["scheduler"] = {"type": "oneshot", "start_step": 0}
     cfg["criterion"] = "magnitude"
@@ -118,57 +152,92 @@ def ties_run(name: str, world: int) -> Any:
     return session
 
 
+def refusals(world: int) -> dict[str, Any]:
+    """The messages of what cannot be pruned shard by shard."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    from prunekit import Pruning
+
+    out: dict[str, Any] = {}
+    model = model_for(1, (8, 8, 4))
+    mesh = init_device_mesh("cpu", (world,))
+    model[0].weight = nn.Parameter(distribute_tensor(model[0].weight.detach(), mesh, [Replicate()]))
+    for key, cfg in (
+        ("replicate", {"pruners": [{"op_names": ["^0$"], "target_sparsity": 0.5}]}),
+        ("type", {"pruners": [{"op_names": ["^2$"], "type": "progressive", "target_sparsity": 0.5}]}),
+    ):
+        if key == "type":
+            model = model_for(world, (8, 8, 4))
+        try:
+            Pruning(model, cfg)
+            out[key] = "accepted"
+        except Exception as err:  # noqa: BLE001
+            out[key] = f"{type(err).__name__}: {err}"
+    return out
+
+
+def run_scenario(scenario: str, rank: int, world: int, arg: str | None) -> dict[str, Any]:
+    from prunekit import Pruning
+
+    kind, name = scenario.split(":", 1)
+    sizes = SIZES
+    if "@" in name:  # NAME@32-50-30-22: the layer sizes
+        name, text = name.split("@")
+        sizes = tuple(int(v) for v in text.split("-"))
+    if kind == "refuse":
+        return refusals(world)
+    if kind == "ties":
+        return result_of(ties_run(name, world, sizes))
+    model = model_for(world, sizes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    session = Pruning(model, {"pruners": [CONFIGS[name]]}).attach(opt)
+    peak = 0
+    if kind == "train":
+        peak = train(model, opt, range(STEPS), rank, world, sizes, session)
+    elif kind == "save":
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        from prunekit.integrations.fsdp import save_pruning_state
+
+        peak = train(model, opt, range(SAVE_AT), rank, world, sizes, session)
+        model_sd, opt_sd = get_state_dict(model, opt)
+        dcp.save({"model": model_sd, "optim": opt_sd}, checkpoint_id=f"{arg}/{scenario}/train")
+        save_pruning_state(session, f"{arg}/{scenario}/pruning")
+    elif kind == "resume":
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        from prunekit.integrations.fsdp import load_pruning_state
+
+        saved = f"{arg}/save:{name}" + (scenario[scenario.index("@"):] if "@" in scenario else "")
+        train(model, opt, range(0), rank, world, sizes, session)
+        model_sd, opt_sd = get_state_dict(model, opt)
+        state = {"model": model_sd, "optim": opt_sd}
+        dcp.load(state, checkpoint_id=f"{saved}/train")
+        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        load_pruning_state(session, f"{saved}/pruning")
+        peak = train(model, opt, range(session.global_step, STEPS), rank, world, sizes, session)
+    return result_of(session, opt, peak)
+
+
 def main() -> None:
     rank, world, store, out, scenario = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
     arg = sys.argv[6] if len(sys.argv) > 6 else None
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
-    from prunekit import Pruning
+    results: dict[str, Any] = {}
+    for one in scenario.split(","):
+        try:
+            results[one] = run_scenario(one, rank, world, arg)
+        except Exception as err:  # noqa: BLE001 - the message is the test's evidence
+            import traceback
 
-    kind, name = scenario.split(":", 1)
-    if "@" in name:  # NAME@32-50-30-22: the layer sizes
-        name, sizes = name.split("@")
-        global SIZES
-        SIZES = tuple(int(v) for v in sizes.split("-"))
-    result: dict[str, Any] = {}
-    try:
-        if kind == "ties":
-            session = ties_run(name, world)
-        else:
-            model = model_for(world)
-            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-            session = Pruning(model, {"pruners": [CONFIGS[name]]}).attach(opt)
-            if kind == "train":
-                train(model, opt, range(STEPS), rank, world)
-            elif kind == "save":
-                import torch.distributed.checkpoint as dcp
-                from torch.distributed.checkpoint.state_dict import get_state_dict
-
-                from prunekit.integrations.fsdp import save_pruning_state
-
-                train(model, opt, range(SAVE_AT), rank, world)
-                model_sd, opt_sd = get_state_dict(model, opt)
-                dcp.save({"model": model_sd, "optim": opt_sd}, checkpoint_id=f"{arg}/train")
-                save_pruning_state(session, f"{arg}/pruning")
-            elif kind == "resume":
-                import torch.distributed.checkpoint as dcp
-                from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-                from prunekit.integrations.fsdp import load_pruning_state
-
-                train(model, opt, range(0), rank, world)
-                model_sd, opt_sd = get_state_dict(model, opt)
-                state = {"model": model_sd, "optim": opt_sd}
-                dcp.load(state, checkpoint_id=f"{arg}/train")
-                set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
-                load_pruning_state(session, f"{arg}/pruning")
-                train(model, opt, range(session.global_step, STEPS), rank, world)
-        result = result_of(session)
-    except Exception as err:  # noqa: BLE001 - the message is the test's evidence
-        import traceback
-
-        result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+            results[one] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+            break  # the other ranks may be waiting in a collective: stop here
+    result = results
     with open(f"{out}.{rank}", "w") as f:
         json.dump(result, f)
     if world > 1:

@@ -1,0 +1,110 @@
+"""FSDP2 (``fully_shard``) on CPU with gloo, 2 and 3 ranks: the masks, sparsity and history of an
+unsharded run (one process), for global and local scope, 1x1, 4x1 and 8x1 blocks (also where shards
+cut through blocks), 2:4 and both channel patterns; pruned weights and their momentum stay zero on
+every rank; each rank keeps 1/world of the masks and scores; a state saved with
+``torch.distributed.checkpoint`` on 2 ranks resumes on 3 (and 3 -> 2) with the same final masks.
+
+Each world size is one launch of ``fsdp_worker.py`` running every scenario in turn (a launch costs
+a few seconds of interpreter and torch start-up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+
+pytestmark = pytest.mark.distributed
+
+#: aligned shards (32-48-24-24: 2 and 3 ranks split every layer at multiples of 8 rows) and shards that
+#: cut through blocks (32-50-30-22: 25/17 rows per rank, blocks of 4 and 8 straddle the boundaries)
+TRAINED = [
+    "train:1x1_global", "train:4x1_snip_momentum", "train:2:4", "train:1xchannel", "train:channelx1",
+    "train:4x1_snip_momentum@32-50-30-22", "train:8x1@32-50-30-22", "train:2x2_local@32-50-30-22",
+]
+#: one event on weights rounded to multiples of 1/8: thousands of exact ties, broken by flat index across ranks
+TIES = ["ties:1x1_global", "ties:1x1_local", "ties:4x1_local@32-50-30-22", "ties:2:4", "ties:1xchannel", "ties:channelx1"]
+
+
+def launch(tmp: Path, world: int, scenarios: list[str], arg: str | None = None) -> list[dict[str, Any]]:
+    """Run ``fsdp_worker.py`` on ``world`` ranks; every rank's ``{scenario: result}``."""
+    tag = f"{world}-{abs(hash(tuple(scenarios))) % 10**8}"
+    store, out = tmp / f"store-{tag}", tmp / f"out-{tag}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]), "OMP_NUM_THREADS": "1"}
+    cmd = [str(HERE / "fsdp_worker.py"), "", str(world), str(store), str(out), ",".join(scenarios)] + ([arg] if arg else [])
+    procs = []
+    for rank in range(world):
+        cmd[1] = str(rank)
+        procs.append(subprocess.Popen([sys.executable, *cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    texts = [p.communicate(timeout=240)[0] for p in procs]
+    for p, text in zip(procs, texts):
+        assert p.returncode == 0, text[-4000:]
+    results = [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(world)]
+    for rank, result in enumerate(results):
+        for scenario, r in result.items():
+            assert "error" not in r, f"rank {rank}, {scenario}: {r.get('traceback', r['error'])}"
+    return results
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str, Any]]]:
+    tmp = tmp_path_factory.mktemp("fsdp")
+    return {world: launch(tmp, world, TRAINED + TIES) for world in (1, 2, 3)}
+
+
+@pytest.mark.parametrize("scenario", TRAINED + TIES)
+def test_sharded_masks_equal_the_unsharded_ones(runs: dict[int, list[dict[str, Any]]], scenario: str) -> None:
+    reference = runs[1][0][scenario]
+    assert reference["history"], "the reference run pruned nothing"
+    for world in (2, 3):
+        for rank, result in enumerate(runs[world]):
+            got = result[scenario]
+            assert got["masks"] == reference["masks"], f"{world} ranks, rank {rank}: masks differ"
+            assert got["history"] == reference["history"]  # steps, targets, whole-layer sparsities (reduced over ranks)
+            assert got["report"] == reference["report"]  # whole shapes, element counts and sparsities
+            assert got["zero"], f"{world} ranks, rank {rank}: a pruned weight or its momentum is not zero"
+
+
+def test_sparsity_reaches_the_target(runs: dict[int, list[dict[str, Any]]]) -> None:
+    for scenario, target in (("train:1x1_global", 0.7), ("train:2:4", 0.5), ("train:4x1_snip_momentum", 0.75), ("train:channelx1", 0.5)):
+        for world in (2, 3):
+            history = runs[world][0][scenario]["history"]
+            assert history[-1][1] == target
+            assert abs(history[-1][2] - target) < 0.01, (scenario, world, history[-1])
+
+
+def test_each_rank_keeps_its_share_of_masks_and_scores(runs: dict[int, list[dict[str, Any]]]) -> None:
+    for scenario in ("train:4x1_snip_momentum", "train:1x1_global", "train:4x1_snip_momentum@32-50-30-22"):
+        unsharded = runs[1][0][scenario]["state_bytes"]
+        for world in (2, 3):
+            worst = max(result[scenario]["state_bytes"] for result in runs[world])
+            assert worst <= (1 / world + 0.05) * unsharded, (scenario, world, worst, unsharded)
+
+
+def test_save_on_some_ranks_resume_on_others(tmp_path: Path, runs: dict[int, list[dict[str, Any]]]) -> None:
+    """torch.distributed.checkpoint: saved inside the pruning window (scores included), resharded on load."""
+    names = ["4x1_snip_momentum", "4x1_snip_momentum@32-50-30-22", "channelx1"]
+    for saver, loader in ((2, 3), (3, 2)):
+        folder = tmp_path / f"{saver}to{loader}"
+        launch(tmp_path, saver, [f"save:{n}" for n in names], str(folder))
+        resumed = launch(tmp_path, loader, [f"resume:{n}" for n in names], str(folder))
+        for name in names:
+            reference = runs[1][0][f"train:{name}"]
+            for result in resumed:
+                assert result[f"resume:{name}"]["masks"] == reference["masks"], (saver, loader, name)
+                assert result[f"resume:{name}"]["history"] == reference["history"]
+
+
+def test_what_cannot_be_sharded_is_refused_with_a_message(tmp_path: Path) -> None:
+    (result, _) = launch(tmp_path, 2, ["refuse:-"])
+    messages = result["refuse:-"]
+    assert "placed [Replicate()]" in messages["replicate"] and "Shard(0)" in messages["replicate"]
+    assert "does not prune FSDP2-sharded weights" in messages["type"] and "type: basic" in messages["type"]
