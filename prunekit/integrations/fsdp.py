@@ -24,7 +24,7 @@ import torch
 
 from prunekit.errors import PruningError
 
-__all__ = ["save_pruning_state", "load_pruning_state", "STATE_FILE"]
+__all__ = ["save_pruning_state", "load_pruning_state", "saved_global_step", "STATE_FILE"]
 
 #: the JSON file with everything but the tensors, beside DCP's files
 STATE_FILE = "prunekit_state.json"
@@ -82,6 +82,27 @@ def save_pruning_state(pruning: Any, checkpoint_id: str | os.PathLike[str]) -> N
     _barrier()
 
 
+def _read_skeleton(folder: Path) -> Any:
+    where = folder / STATE_FILE
+    try:
+        return json.loads(where.read_text())
+    except FileNotFoundError:
+        raise PruningError(
+            f"{where}: no pruning state here; pass the folder save_pruning_state() wrote (it holds {STATE_FILE} "
+            f"and DCP's files)"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise PruningError(f"{where}: cannot be read as the JSON save_pruning_state() writes ({err})") from None
+
+
+def saved_global_step(checkpoint_id: str | os.PathLike[str]) -> int:
+    """The ``global_step`` of the state :func:`save_pruning_state` wrote into ``checkpoint_id``."""
+    step = _read_skeleton(Path(checkpoint_id)).get("global_step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise PruningError(f"{Path(checkpoint_id) / STATE_FILE}: global_step is missing or not an integer")
+    return step
+
+
 def load_pruning_state(pruning: Any, checkpoint_id: str | os.PathLike[str]) -> None:
     """Load a state :func:`save_pruning_state` wrote (on any number of ranks) into ``pruning`` (call on every rank).
 
@@ -93,15 +114,9 @@ def load_pruning_state(pruning: Any, checkpoint_id: str | os.PathLike[str]) -> N
 
     folder = Path(checkpoint_id)
     where = folder / STATE_FILE
-    try:
-        skeleton = json.loads(where.read_text())
-    except FileNotFoundError:
-        raise PruningError(
-            f"{where}: no pruning state here; pass the folder save_pruning_state() wrote (it holds {STATE_FILE} "
-            f"and DCP's files)"
-        ) from None
-    except (OSError, ValueError) as err:
-        raise PruningError(f"{where}: cannot be read as the JSON save_pruning_state() writes ({err})") from None
+    skeleton = _read_skeleton(folder)
+    if not isinstance(skeleton, dict):
+        raise PruningError(f"{where}: expected the JSON object save_pruning_state() writes, got {type(skeleton).__name__}")
     current: dict[str, torch.Tensor] = {}
     _split(pruning.state_dict(), "pruning", current)
     template: dict[str, torch.Tensor] = {}

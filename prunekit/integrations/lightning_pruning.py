@@ -13,7 +13,10 @@
   once per optimizer step, with ``accumulate_grad_batches`` too, and gradient criteria see the
   step's gradients.
 * ``state_dict()`` / ``load_state_dict()`` put the whole session state into Lightning checkpoints,
-  so ``trainer.fit(model, ckpt_path=...)`` resumes the schedule exactly.
+  so ``trainer.fit(model, ckpt_path=...)`` resumes the schedule exactly. Under FSDP2
+  (``ModelParallelStrategy``, ``configure_model`` calling ``fully_shard``), where Lightning saves
+  callback state from rank 0, the masks and scores are gathered into whole CPU tensors for the
+  checkpoint; a resume on any number of ranks takes its rows of them.
 * Per-group sparsity is logged through the module's logger as ``sparsity/<group>``: at every event
   (from the masks) and at every epoch end (measured from the live weights).
 * ``on_fit_end`` finalizes the session; pruned weights stay zero.
@@ -38,6 +41,7 @@ from prunekit.config import PruningConfig, load_config
 from prunekit.errors import PruningError
 from prunekit.integrations._common import group_sparsity_metrics, unwrap_optimizer, warn_if_too_short
 from prunekit.pruner.session import Pruning
+from prunekit.pruner.sharding import whole_tensors
 
 __all__ = ["PruningCallback"]
 
@@ -173,10 +177,19 @@ class PruningCallback(pl.Callback):
             return {} if self._pending_state is None else dict(self._pending_state)
         if self._stepping:
             raise PruningError("a Lightning checkpoint was taken inside an optimizer step; save between steps")
-        return self.pruning.state_dict()
+        state = self.pruning.state_dict()
+        if self.pruning.sharded:
+            # Lightning's ModelParallelStrategy / FSDPStrategy save callback state from rank 0 only: gather the
+            # shards (masks: 1 byte per weight, on the CPU); any number of ranks loads the whole tensors
+            state = whole_tensors(state)
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Lightning restores callbacks before on_fit_start builds the session
+        # Lightning restores callbacks before on_fit_start builds the session, except with strategies that
+        # restore after their setup (ModelParallelStrategy, FSDP): the session exists then and loads now
+        if self.pruning is not None and state_dict:
+            self.pruning.load_state_dict(state_dict)
+            return
         self._pending_state = dict(state_dict) if state_dict else None
 
     # ------------------------------------------------------------------ metrics

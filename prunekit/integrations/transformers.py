@@ -10,7 +10,9 @@
   advances the session's step, so the session counts exactly the Trainer's ``global_step``
   (gradient accumulation included);
 * ``on_save`` writes the session's state as ``prunekit_pruning.pt`` into the checkpoint folder the
-  Trainer has just written; ``trainer.train(resume_from_checkpoint=...)`` restores it;
+  Trainer has just written (with FSDP2: every rank its shards, with ``torch.distributed.checkpoint``,
+  into ``prunekit_pruning/``, see :mod:`prunekit.integrations.fsdp`); ``trainer.train(resume_from_checkpoint=...)``
+  restores it (with FSDP2 on any number of ranks);
 * ``on_log`` adds ``sparsity/<group>`` (element-wise, from the live weights) to the Trainer's logs;
 * ``on_train_end`` finalizes the session (pruned weights stay zero).
 
@@ -45,12 +47,16 @@ from prunekit.errors import PruningError
 from prunekit.integrations._common import group_sparsity_metrics, unwrap_optimizer, warn_if_too_short
 from prunekit.pruner.selection import unwrap_model
 from prunekit.pruner.session import Pruning
+from prunekit.integrations.fsdp import STATE_FILE as FSDP_STATE_FILE
+from prunekit.integrations.fsdp import load_pruning_state, save_pruning_state, saved_global_step
 from prunekit.sparse_checkpoint import SPARSE_FILE, SparseCheckpointStats, save_sparse
 
 __all__ = ["PruningTrainerCallback", "STATE_FILE", "unwrap_optimizer"]
 
 #: file name of the pruning state inside a Trainer checkpoint folder
 STATE_FILE = "prunekit_pruning.pt"
+#: folder of the pruning state of a session whose layers FSDP2 shards (torch.distributed.checkpoint, see prunekit.integrations.fsdp)
+SHARDED_STATE_DIR = "prunekit_pruning"
 logger = logging.getLogger(__name__)
 _HAS_OPTIMIZER_EVENTS = hasattr(TrainerCallback, "on_pre_optimizer_step") and hasattr(TrainerCallback, "on_optimizer_step")
 
@@ -109,6 +115,15 @@ class PruningTrainerCallback(TrainerCallback):
                 f"the Trainer saved step {state.global_step} but {folder} does not exist; the pruning state could "
                 f"not be stored next to it (custom checkpoint folders are not supported)"
             )
+        if self.pruning.sharded:  # FSDP2: every rank saves its shards (DCP); loads on any number of ranks
+            if self.save_sparse:
+                raise PruningError(
+                    "save_sparse=True with a model FSDP2 shards: each rank holds a shard of the weights, and the compact "
+                    "file needs whole weights; save the model with the Trainer (sharded), gather it after training "
+                    "(get_model_state_dict with full_state_dict=True) and call prunekit.save_sparse on it"
+                )
+            save_pruning_state(self.pruning, folder / SHARDED_STATE_DIR)
+            return
         torch.save(self.pruning.state_dict(), folder / STATE_FILE)
         if self.save_sparse:
             stats = save_sparse(unwrap_model(self.pruning.model), folder / SPARSE_FILE)
@@ -123,6 +138,16 @@ class PruningTrainerCallback(TrainerCallback):
             if p is not None and not isinstance(p, bool)
         ]
         for folder in candidates:
+            sharded = folder / SHARDED_STATE_DIR
+            if (sharded / FSDP_STATE_FILE).is_file():
+                step = saved_global_step(sharded)
+                if step != global_step:
+                    raise PruningError(
+                        f"{sharded} holds the pruning state of step {step}, but the Trainer resumes at step {global_step}; "
+                        f"pass the checkpoint folder of step {global_step} as resume_from"
+                    )
+                load_pruning_state(self.pruning, sharded)
+                return
             file = folder / STATE_FILE
             if file.is_file():
                 state = torch.load(file, map_location="cpu", weights_only=True)  # plain values and tensors only
@@ -133,7 +158,7 @@ class PruningTrainerCallback(TrainerCallback):
                     )
                 self.pruning.load_state_dict(state)
                 return
-        looked = ", ".join(str(c / STATE_FILE) for c in candidates)
+        looked = ", ".join(f"{c / STATE_FILE} or {c / SHARDED_STATE_DIR}" for c in candidates)
         raise PruningError(
             f"the Trainer resumes at step {global_step} but no pruning state was found (looked for {looked}); "
             f"pass PruningTrainerCallback(..., resume_from=<the checkpoint folder>)"

@@ -201,6 +201,12 @@ class Pruning:
         return out
 
     @property
+    def sharded(self) -> bool:
+        """True when FSDP2 shards some pruned layer (each rank holds its rows' masks and scores; see
+        :mod:`prunekit.pruner.sharding`): save with :func:`prunekit.integrations.fsdp.save_pruning_state`."""
+        return any(group.shard is not None for group in self.groups)
+
+    @property
     def attached(self) -> bool:
         return bool(self._handles)
 

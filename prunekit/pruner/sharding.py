@@ -26,7 +26,10 @@ import torch
 
 from prunekit.errors import PruningError
 
-__all__ = ["RowShard", "row_shard", "local_tensor", "is_dtensor", "ShardComm", "as_dtensor", "global_counts"]
+__all__ = [
+    "RowShard", "row_shard", "local_tensor", "is_dtensor", "ShardComm", "as_dtensor", "global_counts", "ChainedFold", "Halo",
+    "halo_of", "OwnedRows", "reshard_rows", "whole_tensors",
+]
 
 
 def is_dtensor(t: Any) -> bool:
@@ -407,3 +410,15 @@ def reshard_rows(local: torch.Tensor, have: Sequence[int], want: Sequence[int], 
                 recvs.append((out[a - lo : b - lo], j))
     Halo(shard, 1, 0, None, ())._p2p(sends, recvs)
     return out
+
+
+def whole_tensors(value: Any) -> Any:
+    """``value`` (nested dicts and lists) with every DTensor replaced by the whole tensor on the CPU
+    (a collective: every rank calls it, in the same order)."""
+    if is_dtensor(value):
+        return value.full_tensor().cpu()
+    if isinstance(value, dict):
+        return {k: whole_tensors(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [whole_tensors(v) for v in value]
+    return value

@@ -34,6 +34,7 @@ from prunekit.errors import PruningError
 from prunekit.pruner.group import PrunerGroup, PruningRecord, _short
 from prunekit.pruner.masks import apply_mask_, mask_optimizer_state_
 from prunekit.pruner.selection import Layer, Layout, _layout_of, _type_matches
+from prunekit.pruner.sharding import is_dtensor
 from prunekit.schedulers.base import PruningEvent
 from prunekit.structure.discover import declared_units, discover
 from prunekit.structure.units import Member, UnitGroup
@@ -123,6 +124,12 @@ class StructuredPruner(PrunerGroup):
                     continue
                 module = model.get_submodule(member.module)
                 weight = getattr(module, member.param)
+                if is_dtensor(weight):
+                    raise PruningError(
+                        f"pruner {config.name!r}: {name} is sharded by FSDP2 (a DTensor); structured pruning of heads and "
+                        f"channels needs whole weights: prune before fully_shard, or use an unstructured or N:M pattern "
+                        f"(those prune FSDP2 shards)"
+                    )
                 self._param_of[name] = (member.module, member.param)
                 layers.append(Layer(name, module, weight, Layout(_layout_of(module, weight), tuple(weight.shape))))
         self._layer_of = {(m, p): name for name, (m, p) in self._param_of.items()}

@@ -16,6 +16,7 @@ rank held). ``NAME@32-50-30-22`` picks other layer sizes (shards that cut throug
 * ``save:NAME``: train ``SAVE_AT`` steps, save model, optimizer and pruning state with
   ``torch.distributed.checkpoint`` into ``ARG``;
 * ``resume:NAME``: load that checkpoint (any world size) and train on to ``STEPS``;
+* ``hfsave:NAME`` / ``hfresume:NAME``: the same through ``PruningTrainerCallback`` (the Trainer's calls);
 * ``refuse:-``: the messages for what cannot be pruned shard by shard.
 """
 
@@ -160,6 +161,8 @@ def refusals(world: int) -> dict[str, Any]:
     from prunekit import Pruning
 
     out: dict[str, Any] = {}
+    if world == 1:
+        return {"skipped": "DTensors need a process group"}
     model = model_for(1, (8, 8, 4))
     mesh = init_device_mesh("cpu", (world,))
     model[0].weight = nn.Parameter(distribute_tensor(model[0].weight.detach(), mesh, [Replicate()]))
@@ -177,6 +180,47 @@ def refusals(world: int) -> dict[str, Any]:
     return out
 
 
+def trainer_run(kind: str, name: str, rank: int, world: int, sizes: tuple[int, ...], folder: str) -> dict[str, Any]:
+    """The Hugging Face Trainer's calls to PruningTrainerCallback, in its order (the Trainer itself cannot
+    shard with FSDP2 on CPUs: Accelerate applies FSDP to GPU runs only): save at SAVE_AT, resume there."""
+    from types import SimpleNamespace
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    from prunekit.integrations.transformers import PruningTrainerCallback
+
+    model = model_for(world, sizes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    callback = PruningTrainerCallback({"pruners": [CONFIGS[name]]}, log=False)
+    checkpoint = f"{folder}/checkpoint-{SAVE_AT}"
+    args = SimpleNamespace(output_dir=folder, resume_from_checkpoint=checkpoint if kind == "hfresume" else None)
+    state = SimpleNamespace(global_step=0, max_steps=STEPS)
+    if kind == "hfresume":  # the Trainer loads model and optimizer, then calls on_train_begin at the saved step
+        model_sd, opt_sd = get_state_dict(model, opt)
+        loaded = {"model": model_sd, "optim": opt_sd}
+        dcp.load(loaded, checkpoint_id=f"{checkpoint}/train")
+        set_state_dict(model, opt, model_state_dict=loaded["model"], optim_state_dict=loaded["optim"])
+        state.global_step = SAVE_AT
+    callback.on_train_begin(args, state, None, model=model, optimizer=opt)
+    first = state.global_step
+    for step in range(first, SAVE_AT if kind == "hfsave" else STEPS):
+        x, y = global_batch(step, sizes)
+        per = BATCH // world
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x[rank * per : (rank + 1) * per]), y[rank * per : (rank + 1) * per]).backward()
+        callback.on_pre_optimizer_step(args, state, None)
+        opt.step()
+        callback.on_optimizer_step(args, state, None)
+        state.global_step = step + 1
+    if kind == "hfsave":
+        model_sd, opt_sd = get_state_dict(model, opt)
+        dcp.save({"model": model_sd, "optim": opt_sd}, checkpoint_id=f"{checkpoint}/train")
+        callback.on_save(args, state, None)
+    assert callback.pruning is not None
+    return result_of(callback.pruning, opt)
+
+
 def run_scenario(scenario: str, rank: int, world: int, arg: str | None) -> dict[str, Any]:
     from prunekit import Pruning
 
@@ -189,6 +233,9 @@ def run_scenario(scenario: str, rank: int, world: int, arg: str | None) -> dict[
         return refusals(world)
     if kind == "ties":
         return result_of(ties_run(name, world, sizes))
+    if kind in ("hfsave", "hfresume"):
+        assert arg is not None
+        return trainer_run(kind, name, rank, world, sizes, f"{arg}/{scenario.split(':', 1)[1]}")
     model = model_for(world, sizes)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     session = Pruning(model, {"pruners": [CONFIGS[name]]}).attach(opt)

@@ -2,7 +2,8 @@
 unsharded run (one process), for global and local scope, 1x1, 4x1 and 8x1 blocks (also where shards
 cut through blocks), 2:4 and both channel patterns; pruned weights and their momentum stay zero on
 every rank; each rank keeps 1/world of the masks and scores; a state saved with
-``torch.distributed.checkpoint`` on 2 ranks resumes on 3 (and 3 -> 2) with the same final masks.
+``torch.distributed.checkpoint`` on 2 ranks resumes on 3 (through the Trainer callback: 3 -> 2) with
+the same final masks.
 
 Each world size is one launch of ``fsdp_worker.py`` running every scenario in turn (a launch costs
 a few seconds of interpreter and torch start-up).
@@ -57,7 +58,7 @@ def launch(tmp: Path, world: int, scenarios: list[str], arg: str | None = None) 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str, Any]]]:
     tmp = tmp_path_factory.mktemp("fsdp")
-    return {world: launch(tmp, world, TRAINED + TIES) for world in (1, 2, 3)}
+    return {world: launch(tmp, world, TRAINED + TIES + ["refuse:-"]) for world in (1, 2, 3)}
 
 
 @pytest.mark.parametrize("scenario", TRAINED + TIES)
@@ -92,7 +93,7 @@ def test_each_rank_keeps_its_share_of_masks_and_scores(runs: dict[int, list[dict
 def test_save_on_some_ranks_resume_on_others(tmp_path: Path, runs: dict[int, list[dict[str, Any]]]) -> None:
     """torch.distributed.checkpoint: saved inside the pruning window (scores included), resharded on load."""
     names = ["4x1_snip_momentum", "4x1_snip_momentum@32-50-30-22", "channelx1"]
-    for saver, loader in ((2, 3), (3, 2)):
+    for saver, loader in ((2, 3),):  # (3 -> 2: test_trainer_callback_saves_shards_and_resumes_on_other_ranks)
         folder = tmp_path / f"{saver}to{loader}"
         launch(tmp_path, saver, [f"save:{n}" for n in names], str(folder))
         resumed = launch(tmp_path, loader, [f"resume:{n}" for n in names], str(folder))
@@ -103,8 +104,20 @@ def test_save_on_some_ranks_resume_on_others(tmp_path: Path, runs: dict[int, lis
                 assert result[f"resume:{name}"]["history"] == reference["history"]
 
 
-def test_what_cannot_be_sharded_is_refused_with_a_message(tmp_path: Path) -> None:
-    (result, _) = launch(tmp_path, 2, ["refuse:-"])
-    messages = result["refuse:-"]
+def test_trainer_callback_saves_shards_and_resumes_on_other_ranks(tmp_path: Path, runs: dict[int, list[dict[str, Any]]]) -> None:
+    """PruningTrainerCallback under FSDP2: on_save writes prunekit_pruning/ (DCP) into checkpoint-N, a
+    resume on another number of ranks restores it and ends with the unsharded run's masks."""
+    name = "4x1_snip_momentum@32-50-30-22"
+    launch(tmp_path, 3, [f"hfsave:{name}"], str(tmp_path))
+    assert (tmp_path / name / "checkpoint-5" / "prunekit_pruning" / "prunekit_state.json").is_file()
+    resumed = launch(tmp_path, 2, [f"hfresume:{name}"], str(tmp_path))
+    reference = runs[1][0][f"train:{name}"]
+    for result in resumed:
+        assert result[f"hfresume:{name}"]["masks"] == reference["masks"]
+        assert result[f"hfresume:{name}"]["history"] == reference["history"]
+
+
+def test_what_cannot_be_sharded_is_refused_with_a_message(runs: dict[int, list[dict[str, Any]]]) -> None:
+    messages = runs[2][0]["refuse:-"]
     assert "placed [Replicate()]" in messages["replicate"] and "Shard(0)" in messages["replicate"]
     assert "does not prune FSDP2-sharded weights" in messages["type"] and "type: basic" in messages["type"]
