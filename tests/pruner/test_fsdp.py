@@ -121,3 +121,26 @@ def test_what_cannot_be_sharded_is_refused_with_a_message(runs: dict[int, list[d
     messages = runs[2][0]["refuse:-"]
     assert "placed [Replicate()]" in messages["replicate"] and "Shard(0)" in messages["replicate"]
     assert "does not prune FSDP2-sharded weights" in messages["type"] and "type: basic" in messages["type"]
+
+
+def test_the_fsdp2_example_script_trains_saves_and_resumes_on_more_ranks(tmp_path: Path) -> None:
+    """examples/fsdp2_train.py as docs/distributed.md runs it: torchrun, 2 ranks save at step 20, 3 resume."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    script = str(ROOT / "examples" / "fsdp2_train.py")
+
+    def torchrun(ranks: int, *extra: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", script,
+             "--out", str(tmp_path / "run"), "--steps", "32", *extra],
+            env=env, capture_output=True, text=True, timeout=240,
+        )
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+        return done.stdout
+
+    saved = torchrun(2, "--save-at", "20")
+    assert "2 ranks, step 20" in saved
+    assert (tmp_path / "run" / "pruning" / "prunekit_state.json").is_file()
+    resumed = torchrun(3, "--resume")
+    assert "3 ranks, step 32" in resumed
+    total = resumed.strip().splitlines()[-1].split()
+    assert total[0] == "total" and abs(float(total[-1]) - 0.8) < 0.005, resumed  # the target, over the pruned layers
