@@ -242,7 +242,7 @@ def choose_blocks(
                 return choice
         t, found = _find([g], [pattern], lambda c: c[0] >= k_elems, k_elems, comm)
         counts = found.counts(t)[0] if found is not None else _below_and_tied(g, t, comm)
-        return _lowest_at(g, t, blocks, counts, verify=False, comm=comm)  # type: ignore[return-value]
+        return _lowest_at(g, t, blocks, counts, verify=False, comm=comm, found=found)  # type: ignore[return-value]
     # partial edge blocks: blocks differ in size, the closest prefix is decided among the ties
     t, found = _find([g], [pattern], lambda c: c[0] >= k, k, comm)
     if t < 0:  # nothing but pruned blocks: no tie goes
@@ -299,7 +299,8 @@ def _below_and_tied(g: BlockGrid, t: float, comm: ShardComm | None = None) -> tu
 
 
 def _lowest_at(
-    g: BlockGrid, t: float, blocks: int, counts: tuple[int, int], *, verify: bool, comm: ShardComm | None = None
+    g: BlockGrid, t: float, blocks: int, counts: tuple[int, int], *, verify: bool, comm: ShardComm | None = None,
+    found: "_Found | None" = None,
 ) -> Choice | None:
     """The choice that prunes the ``blocks`` lowest blocks (uniform sizes), given their threshold ``t``.
 
@@ -318,6 +319,9 @@ def _lowest_at(
         return Choice(t, 0)  # every tie stays
     if n == tied:
         return Choice(t, _total_blocks(g, comm))  # every tie goes
+    if found is not None and found.inside[0].index is not None:  # the gathered bracket holds every tie's (global) index
+        bracket = found.inside[0]
+        return Choice(t, int(bracket.index[bracket.values == t][n]))
     return Choice(t, _nth_tie(g, t, n, comm))
 
 
@@ -499,7 +503,8 @@ def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float, comm: ShardCom
     for i, bracket in enumerate(brackets):
         assert bracket.index is not None and bracket.sizes is not None
         values, index, sizes = comm.gather([bracket.values, bracket.index + comm.offsets[i], bracket.sizes], grid=i)
-        gathered.append(_Bracket(values, sizes, bracket.block_numel, index))
+        equal = bool((sizes == bracket.block_numel).all())  # equal blocks: the searches need no sizes (faster paths)
+        gathered.append(_Bracket(values, None if equal else sizes, bracket.block_numel, index))
     return counts, gathered
 
 
