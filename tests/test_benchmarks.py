@@ -151,3 +151,16 @@ bench.main()
     for line in rows:  # compiled figures, or the reason there are none (no C++ compiler on this machine)
         assert "new graphs after warm-up: 0" in line or "compil" in line, line
     assert "identical: True" in out or "compil" in out
+
+
+@pytest.mark.distributed
+def test_fsdp_benchmark_prints_a_column_per_rank() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_fsdp.py"), "--layers", "2", "--side", "64", "--batch", "4", "--rounds", "1"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    header = next(line for line in done.stdout.splitlines() if "unsharded" in line and "rank 1" in line)
+    assert header.split()[-3:] == ["x2", "rank", "1"]
+    rows = {line.split("  ")[0]: line for line in done.stdout.splitlines() if line.startswith(("dense step", "masks + scores", "update 2:4"))}
+    assert len(rows) == 3 and rows["masks + scores (MiB)"].count(" MiB") == 3
