@@ -117,7 +117,8 @@ def measure(rank: int, world: int, args: argparse.Namespace, store: str, out: st
     result["masks + scores (MiB)"] = state_bytes(window) / 2**20
     for session in (between, window):
         session.close()
-    del models, optimizers
+    models.clear()  # free the three models before the updates
+    optimizers.clear()
     model = build(args, world, device)
     for label, pattern, scope, target in UPDATES:
         runs = []

@@ -242,19 +242,20 @@ class PrunerGroup:
                 where = f"pruner {self.name!r}, layer {layer.name!r}"
                 whole = make_pattern(spec, Layout(layer.layout.kind, layer.shard.global_shape), where=where)
                 self.global_patterns[layer.name] = whole
-                if isinstance(whole, BlockPattern) and whole.r >= whole.rows and not layer.shard.aligned(whole.r):
-                    self._spanning.add(layer.name)
-                    continue
-                halo = halo_of(layer.shard, _row_block(whole))
-                if halo is None:
-                    continue
-                if config.lock_init_sparsity:
+                spans = isinstance(whole, BlockPattern) and whole.r >= whole.rows and not layer.shard.aligned(whole.r)
+                halo = None if spans else halo_of(layer.shard, _row_block(whole))
+                if (spans or halo is not None) and config.lock_init_sparsity:
                     raise PruningError(
                         f"{where}: lock_init_sparsity locks zeros by whole blocks, and blocks of pattern {config.pattern!r} "
-                        f"straddle FSDP2's shard boundaries in this layer ({layer.shard.rows} rows over {layer.shard.world} "
-                        f"ranks); use a world size whose shards of ceil(rows / world) rows are a multiple of {halo.r}, or "
-                        f"lock_init_sparsity: false"
+                        f"cross FSDP2's shard boundaries in this layer ({layer.shard.rows} rows over {layer.shard.world} "
+                        f"ranks); use a world size whose shards of ceil(rows / world) rows are a multiple of the block "
+                        f"height, or lock_init_sparsity: false"
                     )
+                if spans:
+                    self._spanning.add(layer.name)
+                    continue
+                if halo is None:
+                    continue
                 self._halos[layer.name] = halo
                 self.patterns[layer.name] = make_pattern(spec, Layout(layer.layout.kind, (halo.rows, *layer.layout.shape[1:])), where=where)
         #: int8 masks, -1 = kept, 0 = pruned (1 byte per weight; see prunekit.pruner.masks); of this rank's rows when sharded
@@ -1102,7 +1103,8 @@ class PrunerGroup:
         halo = self._halos.get(layer.name)
         if halo is not None:
             return halo.grid_row0 * grid.shape[1]
-        rows_before = layer.shard.row0 // (1 if isinstance(grid, StreamGrid) else _row_block(self.patterns[layer.name]))
+        # (the block height of the whole layer: a shard's last rows may be fewer than a block has)
+        rows_before = layer.shard.row0 // (1 if isinstance(grid, StreamGrid) else _row_block(self._whole_pattern(layer)))
         return rows_before * (layer.layout.cols if isinstance(grid, StreamGrid) else grid.shape[1])
 
     def _comm(self, layers: list[Layer], grids: list[BlockGrid]) -> ShardComm | None:

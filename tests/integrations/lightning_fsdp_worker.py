@@ -2,8 +2,9 @@
 test_lightning_fsdp.py: ``python lightning_fsdp_worker.py DEVICES MODE FOLDER`` (Lightning starts the other ranks).
 
 Every rank trains on its slice of the same global batch, so runs on different numbers of ranks see the same
-data. ``MODE``: ``full`` (8 steps), ``save`` (4 steps, then ``trainer.save_checkpoint``), ``resume`` (from that
-checkpoint to step 8). Rank 0 writes ``FOLDER/MODE-DEVICES.json``: the gathered masks and the history.
+data. ``MODE``: ``full`` (8 steps; ``ModelCheckpoint`` saves ``FOLDER/step=4.ckpt`` on the way, with the masks of
+step 4 in ``FOLDER/step4-DEVICES.json``), ``resume`` (from that checkpoint to step 8). Rank 0 writes
+``FOLDER/MODE-DEVICES.json``: the gathered masks and the history.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
@@ -48,6 +50,35 @@ class Net(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
 
+class SaveMasks(pl.Callback):
+    """Writes the gathered masks and history of step 4 (what the checkpoint of step 4 holds)."""
+
+    def __init__(self, pruning: PruningCallback, folder: str, devices: int) -> None:
+        self.pruning, self.folder, self.devices = pruning, folder, devices
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == 4:
+            assert self.pruning.pruning is not None
+            write(trainer, self.pruning.pruning, f"{self.folder}/step4-{self.devices}.json")
+
+
+class Started(pl.Callback):
+    """The step training (re)started at."""
+
+    step = -1
+
+    def on_train_start(self, trainer: pl.Trainer, *args: object) -> None:
+        Started.step = trainer.global_step
+
+
+def write(trainer: pl.Trainer, pruning: object, path: str) -> None:
+    masks = {name: (m.full_tensor() if hasattr(m, "full_tensor") else m).to(torch.uint8).tolist() for name, m in pruning.masks.items()}  # type: ignore[attr-defined]
+    history = [[r.step, r.target, r.sparsity] for r in pruning.history]  # type: ignore[attr-defined]
+    if trainer.global_rank == 0:
+        with open(path, "w") as f:
+            json.dump({"masks": masks, "history": history, "sharded": pruning.sharded, "started": Started.step}, f)  # type: ignore[attr-defined]
+
+
 def main() -> None:
     devices, mode, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     torch.set_num_threads(1)
@@ -56,21 +87,17 @@ def main() -> None:
     data = torch.utils.data.TensorDataset(torch.randn(4 * BATCH, 16, generator=g), torch.randn(4 * BATCH, 10, generator=g))
     loader = torch.utils.data.DataLoader(data, batch_size=BATCH)  # the same global batches on every rank
     callback = PruningCallback(CONFIG, root="net", log=False)
+    callbacks: list[pl.Callback] = [callback, Started()]
+    if mode == "full" and devices > 1:
+        callbacks += [ModelCheckpoint(dirpath=folder, filename="{step}", every_n_train_steps=4, save_top_k=-1), SaveMasks(callback, folder, devices)]
     trainer = pl.Trainer(
         accelerator="cpu", devices=devices, strategy=ModelParallelStrategy(data_parallel_size=devices, tensor_parallel_size=1),
-        max_steps=4 if mode == "save" else 8, callbacks=[callback], logger=False, enable_checkpointing=False,
+        max_steps=8, callbacks=callbacks, logger=False, enable_checkpointing=len(callbacks) > 2,
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False, default_root_dir=folder,
     )
-    trainer.fit(Net(), loader, ckpt_path=f"{folder}/step4.ckpt" if mode == "resume" else None)
-    if mode == "save":
-        trainer.save_checkpoint(f"{folder}/step4.ckpt")
+    trainer.fit(Net(), loader, ckpt_path=f"{folder}/step=4.ckpt" if mode == "resume" else None)
     assert callback.pruning is not None
-    masks = {name: (m.full_tensor() if hasattr(m, "full_tensor") else m).to(torch.uint8).tolist() for name, m in callback.pruning.masks.items()}
-    history = [[r.step, r.target, r.sparsity] for r in callback.pruning.history]
-    weights = [float(p.full_tensor().double().sum()) if hasattr(p, "full_tensor") else float(p.double().sum()) for p in trainer.lightning_module.parameters()]
-    if trainer.global_rank == 0:
-        with open(f"{folder}/{mode}-{devices}.json", "w") as f:
-            json.dump({"masks": masks, "history": history, "sharded": callback.pruning.sharded, "weights": weights}, f)
+    write(trainer, callback.pruning, f"{folder}/{mode}-{devices}.json")
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ def test_lightning_fsdp2_prunes_like_one_process_and_resumes_on_more_ranks(tmp_p
     assert two["sharded"] and two["history"][-1][2] == pytest.approx(0.6, abs=0.01)
     assert two["masks"] == one["masks"] and two["history"] == one["history"]
 
-    saved = run(2, "save", tmp_path)
+    saved = json.loads((tmp_path / "step4-2.json").read_text())  # what ModelCheckpoint saved at step 4 of the 2-rank run
+    assert (tmp_path / "step=4.ckpt").is_dir()
     resumed = run(3, "resume", tmp_path)
+    assert resumed["started"] == 4  # Lightning restored step 4, and prunekit the session of step 4
     assert resumed["history"][: len(saved["history"])] == saved["history"]  # the saved events, then new ones
     assert [h[0] for h in resumed["history"]] == [1, 3, 5, 7]
     assert resumed["history"][-1][2] == pytest.approx(0.6, abs=0.01)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 from typing import Any
 
@@ -32,6 +33,8 @@ import torch.distributed as dist
 from torch import nn
 
 SIZES = (32, 48, 24, 24)
+#: ``PRUNEKIT_TEST_DEVICE=cuda``: NCCL, rank k on cuda:k (the CUDA variant of the tests)
+DEVICE = torch.device("cpu")
 STEPS, SAVE_AT, BATCH = 12, 5, 12
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -66,7 +69,7 @@ def model_for(world: int, sizes: tuple[int, ...]) -> nn.Module:
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
         if i < len(sizes) - 2:
             layers.append(nn.Tanh())
-    model = nn.Sequential(*layers)
+    model = nn.Sequential(*layers).to(DEVICE)
     if world > 1:
         from torch.distributed.fsdp import fully_shard
 
@@ -79,7 +82,7 @@ def model_for(world: int, sizes: tuple[int, ...]) -> nn.Module:
 
 def global_batch(step: int, sizes: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1000 + step)
-    return torch.randn(BATCH, sizes[0], generator=g), torch.randn(BATCH, sizes[-1], generator=g)
+    return torch.randn(BATCH, sizes[0], generator=g).to(DEVICE), torch.randn(BATCH, sizes[-1], generator=g).to(DEVICE)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -164,7 +167,7 @@ def refusals(world: int) -> dict[str, Any]:
     if world == 1:
         return {"skipped": "DTensors need a process group"}
     model = model_for(1, (8, 8, 4))
-    mesh = init_device_mesh("cpu", (world,))
+    mesh = init_device_mesh(DEVICE.type, (world,))
     model[0].weight = nn.Parameter(distribute_tensor(model[0].weight.detach(), mesh, [Replicate()]))
     for key, cfg in (
         ("replicate", {"pruners": [{"op_names": ["^0$"], "target_sparsity": 0.5}]}),
@@ -273,8 +276,13 @@ def main() -> None:
     rank, world, store, out, scenario = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
     arg = sys.argv[6] if len(sys.argv) > 6 else None
     torch.set_num_threads(1)
+    global DEVICE
+    cuda = os.environ.get("PRUNEKIT_TEST_DEVICE") == "cuda"
+    if cuda:
+        DEVICE = torch.device("cuda", rank)
+        torch.cuda.set_device(DEVICE)
     if world > 1:
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+        dist.init_process_group("nccl" if cuda else "gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     results: dict[str, Any] = {}
     for one in scenario.split(","):
         try:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -30,16 +31,20 @@ pytestmark = pytest.mark.distributed
 TRAINED = [
     "train:1x1_global", "train:4x1_snip_momentum", "train:2:4", "train:1xchannel", "train:channelx1",
     "train:4x1_snip_momentum@32-50-30-22", "train:8x1@32-50-30-22", "train:2x2_local@32-50-30-22",
+    "train:8x1@32-9-30-22",  # 4 ranks (below): 9 rows split 3/3/3/0, 30 rows 8/8/8/6 (a last shard shorter than a block)
 ]
 #: one event on weights rounded to multiples of 1/8: thousands of exact ties, broken by flat index across ranks
-TIES = ["ties:1x1_global", "ties:1x1_local", "ties:4x1_local@32-50-30-22", "ties:2:4", "ties:1xchannel", "ties:channelx1"]
+TIES = [
+    "ties:1x1_global", "ties:1x1_local", "ties:4x1_local@32-50-30-22", "ties:2:4", "ties:1xchannel", "ties:channelx1",
+    "ties:8x1@32-50-30-22",  # 3 ranks: the last shard of the 22-row layer holds 6 rows, fewer than a block
+]
 
 
-def launch(tmp: Path, world: int, scenarios: list[str], arg: str | None = None) -> list[dict[str, Any]]:
+def launch(tmp: Path, world: int, scenarios: list[str], arg: str | None = None, device: str = "cpu") -> list[dict[str, Any]]:
     """Run ``fsdp_worker.py`` on ``world`` ranks; every rank's ``{scenario: result}``."""
-    tag = f"{world}-{abs(hash(tuple(scenarios))) % 10**8}"
+    tag = f"{device}-{world}-{abs(hash(tuple(scenarios))) % 10**8}"
     store, out = tmp / f"store-{tag}", tmp / f"out-{tag}"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]), "OMP_NUM_THREADS": "1", "PRUNEKIT_TEST_DEVICE": device}
     cmd = [str(HERE / "fsdp_worker.py"), "", str(world), str(store), str(out), ",".join(scenarios)] + ([arg] if arg else [])
     procs = []
     for rank in range(world):
@@ -72,6 +77,14 @@ def test_sharded_masks_equal_the_unsharded_ones(runs: dict[int, list[dict[str, A
             assert got["history"] == reference["history"]  # steps, targets, whole-layer sparsities (reduced over ranks)
             assert got["report"] == reference["report"]  # whole shapes, element counts and sparsities
             assert got["zero"], f"{world} ranks, rank {rank}: a pruned weight or its momentum is not zero"
+
+
+def test_four_ranks_with_an_empty_shard_and_a_short_last_one(tmp_path: Path, runs: dict[int, list[dict[str, Any]]]) -> None:
+    """Shards without rows, block rows whose rows come from two other ranks, a last shard shorter than a block."""
+    scenario = "train:8x1@32-9-30-22"
+    for result in launch(tmp_path, 4, [scenario]):
+        assert result[scenario]["masks"] == runs[1][0][scenario]["masks"]
+        assert result[scenario]["history"] == runs[1][0][scenario]["history"]
 
 
 def test_sparsity_reaches_the_target(runs: dict[int, list[dict[str, Any]]]) -> None:
@@ -115,6 +128,18 @@ def test_trainer_callback_saves_shards_and_resumes_on_other_ranks(tmp_path: Path
     for result in resumed:
         assert result[f"hfresume:{name}"]["masks"] == reference["masks"]
         assert result[f"hfresume:{name}"]["history"] == reference["history"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
+def test_sharded_masks_equal_the_unsharded_ones_on_gpus_with_nccl(tmp_path: Path) -> None:
+    """The same comparison on CUDA: NCCL collectives, masks and scores on the GPUs."""
+    scenarios = ["train:1x1_global", "train:4x1_snip_momentum@32-50-30-22", "train:2:4", "train:channelx1", "ties:8x1@32-50-30-22"]
+    reference = launch(tmp_path, 1, scenarios, device="cuda")[0]
+    for world in sorted({2, min(3, torch.cuda.device_count())}):
+        for result in launch(tmp_path, world, scenarios, device="cuda"):
+            for scenario in scenarios:
+                assert result[scenario]["masks"] == reference[scenario]["masks"], (world, scenario)
+                assert result[scenario]["zero"], (world, scenario)
 
 
 def test_what_cannot_be_sharded_is_refused_with_a_message(runs: dict[int, list[dict[str, Any]]]) -> None:
