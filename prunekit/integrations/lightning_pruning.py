@@ -90,6 +90,8 @@ class PruningCallback(pl.Callback):
         self.pruning: Pruning | None = None
         self._pending_state: dict[str, Any] | None = None
         self._stepping = False
+        #: between on_fit_start and the end of that fit: the session is this fit's (a restored state loads into it)
+        self._fitting = False
 
     @property
     def state_key(self) -> str:
@@ -105,6 +107,7 @@ class PruningCallback(pl.Callback):
             self.pruning.load_state_dict(self._pending_state)
             self._pending_state = None
         self._stepping = False
+        self._fitting = True
 
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         # the Trainer's loops are restored after on_fit_start: compare the step counters here
@@ -164,7 +167,11 @@ class PruningCallback(pl.Callback):
             for name, value in self.sparsity_metrics().items():
                 pl_module.log(name, value, on_step=False, on_epoch=True)
 
+    def teardown(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        self._fitting = False
+
     def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._fitting = False
         if self.pruning is not None:
             if self._stepping:  # fit stopped between the pre-step and the end of the batch
                 self.pruning.on_after_optimizer_step()
@@ -187,7 +194,7 @@ class PruningCallback(pl.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Lightning restores callbacks before on_fit_start builds the session, except with strategies that
         # restore after their setup (ModelParallelStrategy, FSDP): the session exists then and loads now
-        if self.pruning is not None and state_dict:
+        if self._fitting and self.pruning is not None and state_dict:
             self.pruning.load_state_dict(state_dict)
             return
         self._pending_state = dict(state_dict) if state_dict else None

@@ -797,7 +797,11 @@ class PrunerGroup:
         for indices in by_device.values():
             extremes = torch.stack([torch.stack(torch.aminmax(checks[i][2])).float() for i in indices])
             failed += [i for i, ok in zip(indices, torch.isfinite(extremes).all(1).tolist()) if not ok]
-        if self.shard is not None and global_counts([len(failed)], self.shard)[0] and not failed:
+        failed_anywhere = len(failed)
+        if self.shard is not None:  # one answer on every rank: `proven` decides which collectives follow
+            failed_anywhere, unproven = global_counts([len(failed), 0 if proven else 1], self.shard)
+            proven = unproven == 0
+        if failed_anywhere and not failed:
             raise PruningError(
                 f"pruner {self.name!r}: weights, gradients or scores of a layer are not finite (NaN/inf) on another "
                 f"rank at optimizer step {step} (that rank names the layer), so no pruning decision can be made "
@@ -822,7 +826,8 @@ class PrunerGroup:
         if isinstance(pattern, NMPattern) and pattern.score_peak is not None:
             return bool(torch.isfinite(pattern.score_peak))
         # scores are >= 0 or PRUNED: the maximum is NaN or inf exactly when some score is
-        return bool(torch.isfinite(torch.stack([c.max() for _, c in grid.chunks() if c.numel()]).max()))
+        peaks = [c.max() for _, c in grid.chunks() if c.numel()]
+        return not peaks or bool(torch.isfinite(torch.stack(peaks).max()))  # (a shard may hold no rows)
 
     def _stream_grid(self, layer: Layer, pattern: BlockPattern, grad: torch.Tensor | None) -> StreamGrid:
         """1x1 scores computed chunk by chunk from the weight (and gradient) or the accumulated scores."""
@@ -838,7 +843,9 @@ class PrunerGroup:
             if acc is not None:
                 out.copy_(acc[start:stop])
             else:
-                criterion.score(w[start:stop], None if g is None else g[start:stop], out=out)
+                got = criterion.score(w[start:stop], None if g is None else g[start:stop], out=out)
+                if got is not out:  # a criterion that ignores `out` (its result would be lost)
+                    out.copy_(got.reshape(out.shape))
             return mark_pruned_(out, m[start:stop])  # = masked_fill_(pruned, PRUNED), without a bool kernel
 
         def sample(stride: int) -> torch.Tensor:

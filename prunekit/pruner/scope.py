@@ -237,12 +237,12 @@ def choose_blocks(
             return Choice(float("inf"), nblocks)
         if hint is not None and hint >= 0:
             counts = hint_counts if hint_counts is not None else _below_and_tied(g, hint, comm)
-            choice = _lowest_at(g, hint, blocks, counts, verify=True, comm=comm)
+            choice = _lowest_at(g, hint, blocks, counts, verify=True, comm=comm, size=size)
             if choice is not None:
                 return choice
         t, found = _find([g], [pattern], lambda c: c[0] >= k_elems, k_elems, comm)
         counts = found.counts(t)[0] if found is not None else _below_and_tied(g, t, comm)
-        return _lowest_at(g, t, blocks, counts, verify=False, comm=comm, found=found)  # type: ignore[return-value]
+        return _lowest_at(g, t, blocks, counts, verify=False, comm=comm, found=found, size=size)  # type: ignore[return-value]
     # partial edge blocks: blocks differ in size, the closest prefix is decided among the ties
     t, found = _find([g], [pattern], lambda c: c[0] >= k, k, comm)
     if t < 0:  # nothing but pruned blocks: no tie goes
@@ -300,16 +300,17 @@ def _below_and_tied(g: BlockGrid, t: float, comm: ShardComm | None = None) -> tu
 
 def _lowest_at(
     g: BlockGrid, t: float, blocks: int, counts: tuple[int, int], *, verify: bool, comm: ShardComm | None = None,
-    found: "_Found | None" = None,
+    found: "_Found | None" = None, size: int | None = None,
 ) -> Choice | None:
     """The choice that prunes the ``blocks`` lowest blocks (uniform sizes), given their threshold ``t``.
 
     ``counts``: the elements scored ``< t`` and ``<= t``. Every block scored below ``t`` is pruned, and
     of those scored exactly ``t`` the first ones in flat order until ``blocks`` are. ``verify``:
     return ``None`` unless ``count(< t) <= blocks <= count(<= t)``, i.e. unless ``t`` really is their
-    threshold (a hint); otherwise the tie count is clamped to that range.
+    threshold (a hint); otherwise the tie count is clamped to that range. ``size``: elements per block
+    (the whole layer's; a rank that owns no block row of a sharded layer has a degenerate local pattern).
     """
-    size = g.pattern.block_numel
+    size = size if size is not None else g.pattern.block_numel
     below, tied = counts[0] // size, (counts[1] - counts[0]) // size
     n = blocks - below
     if verify and not 0 <= n <= tied:
@@ -322,16 +323,16 @@ def _lowest_at(
     if found is not None and found.inside[0].index is not None:  # the gathered bracket holds every tie's (global) index
         bracket = found.inside[0]
         return Choice(t, int(bracket.index[bracket.values == t][n]))
-    return Choice(t, _nth_tie(g, t, n, comm))
+    return Choice(t, _nth_tie(g, t, n, comm, size))
 
 
-def _nth_tie(g: BlockGrid, t: float, n: int, comm: ShardComm | None = None) -> int:
+def _nth_tie(g: BlockGrid, t: float, n: int, comm: ShardComm | None = None, size: int | None = None) -> int:
     """Flat index of the block after the first ``n`` blocks scored exactly ``t`` (reads chunks up to it).
 
     Sharded: the ranks' tie counts (one all-gather) say which rank holds it; that rank finds it."""
     if comm is not None:
         below, upto = _counts([g], [("lt", t), ("le", t)])
-        mine = (upto[0] - below[0]) // g.pattern.block_numel
+        mine = (upto[0] - below[0]) // (size if size is not None else g.pattern.block_numel)
         per_rank = comm.gather([torch.tensor([mine], dtype=torch.int64)])[0].tolist()
         before = sum(per_rank[: comm.rank])
         found = 0
@@ -503,8 +504,12 @@ def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float, comm: ShardCom
     for i, bracket in enumerate(brackets):
         assert bracket.index is not None and bracket.sizes is not None
         values, index, sizes = comm.gather([bracket.values, bracket.index + comm.offsets[i], bracket.sizes], grid=i)
-        equal = bool((sizes == bracket.block_numel).all())  # equal blocks: the searches need no sizes (faster paths)
-        gathered.append(_Bracket(values, None if equal else sizes, bracket.block_numel, index))
+        # equal blocks: the searches need no sizes (faster paths); judged from the gathered sizes, the same on every
+        # rank (a rank that owns no block row has a degenerate local pattern)
+        if sizes.numel() and bool((sizes == sizes[0]).all()):
+            gathered.append(_Bracket(values, None, int(sizes[0]), index))
+        else:
+            gathered.append(_Bracket(values, sizes if sizes.numel() else None, bracket.block_numel, index))
     return counts, gathered
 
 

@@ -111,6 +111,18 @@ def test_checkpoint_and_resume_match_an_uninterrupted_run(tmp_path):
         assert torch.allclose(weight, other, atol=1e-6), name
 
 
+def test_the_same_callback_resumes_in_a_second_fit(tmp_path):
+    """A callback that already ran a fit (its session finalized) takes the checkpoint's state into the new fit."""
+    callback = PruningCallback(CONFIG)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=-1)
+    trainer(tmp_path / "a", [callback, ckpt], max_epochs=1).fit(Classifier(), loader())
+    assert [r.step for r in callback.pruning.history] == [2, 4, 6]
+    trainer(tmp_path / "b", [callback], max_epochs=2, enable_checkpointing=False).fit(
+        Classifier(), loader(), ckpt_path=str(tmp_path / "ckpt" / "last.ckpt")
+    )
+    assert [r.step for r in callback.pruning.history] == [2, 4, 6, 8, 10] and callback.pruning.global_step == 16
+
+
 def test_gradient_accumulation_gives_the_expected_event_steps(tmp_path):
     callback = PruningCallback(CONFIG)
     model = Classifier()

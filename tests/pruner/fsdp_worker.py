@@ -55,11 +55,35 @@ CONFIGS: dict[str, dict[str, Any]] = {
             "scheduler": {"type": "iterative", "start_step": 1, "end_step": 9, "frequency": 4}},
     "2x2_local": {"pattern": "2x2", "scope": "local", "criterion": "magnitude", "target_sparsity": 0.6,
                   "scheduler": {"type": "iterative", "start_step": 0, "end_step": 6, "frequency": 3}},
+    "2x1_global": {"pattern": "2x1", "scope": "global", "criterion": "magnitude", "target_sparsity": 0.6,
+                   "scheduler": {"type": "oneshot", "start_step": 0}},
+    # a criterion that declares no inputs (scores are scanned for NaN/inf at each event), on every layer / the first
+    "score_only": {"pattern": "1x1", "scope": "global", "criterion": "score_only", "target_sparsity": 0.6,
+                   "scheduler": {"type": "iterative", "start_step": 1, "end_step": 7, "frequency": 3}},
+    "score_only_first": {"op_names": ["^0$"], "pattern": "1x1", "criterion": "score_only", "target_sparsity": 0.6,
+                         "scheduler": {"type": "iterative", "start_step": 1, "end_step": 7, "frequency": 3}},
     "4x1_local": {"pattern": "4x1", "scope": "local", "criterion": "magnitude", "target_sparsity": 0.6,
                   "scheduler": {"type": "oneshot", "start_step": 0}},
     "1x1_local": {"pattern": "1x1", "scope": "local", "criterion": "magnitude", "target_sparsity": 0.55,
                   "scheduler": {"type": "oneshot", "start_step": 0}},
 }
+
+
+def _register_score_only() -> None:
+    from prunekit.pruner.criteria import Criterion
+    from prunekit.registry import CRITERIA
+
+    if "score_only" in CRITERIA:
+        return
+
+    @CRITERIA.register("score_only")
+    class ScoreOnly(Criterion):
+        """|w|, defined by score() alone (inputs() is None: each event scans its scores)."""
+
+        name = "score_only"
+
+        def score(self, weight: torch.Tensor, grad: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+            return weight.detach().abs().float()
 
 
 def model_for(world: int, sizes: tuple[int, ...]) -> nn.Module:
@@ -276,6 +300,7 @@ def main() -> None:
     rank, world, store, out, scenario = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
     arg = sys.argv[6] if len(sys.argv) > 6 else None
     torch.set_num_threads(1)
+    _register_score_only()
     global DEVICE
     cuda = os.environ.get("PRUNEKIT_TEST_DEVICE") == "cuda"
     if cuda:

@@ -38,6 +38,12 @@ TIES = [
     "ties:1x1_global", "ties:1x1_local", "ties:4x1_local@32-50-30-22", "ties:2:4", "ties:1xchannel", "ties:channelx1",
     "ties:8x1@32-50-30-22",  # 3 ranks: the last shard of the 22-row layer holds 6 rows, fewer than a block
 ]
+#: ranks that own no block row or hold no rows at all (3 and 4 ranks): their local patterns are degenerate, yet
+#: they must take every collective the others take (found by review: these hung before)
+EMPTY = [
+    "ties:2x1_global@32-6-30-22", "ties:8x1@32-16-30-22",  # 4 ranks: 6 rows split 2/2/2/0; 16 rows, 8x1: rank 1 owns none
+    "train:score_only@32-4-32-8", "train:score_only_first@32-4-32-8",  # 3 ranks: the 4-row layer splits 2/2/0
+]
 
 
 def launch(tmp: Path, world: int, scenarios: list[str], arg: str | None = None, device: str = "cpu") -> list[dict[str, Any]]:
@@ -63,7 +69,7 @@ def launch(tmp: Path, world: int, scenarios: list[str], arg: str | None = None, 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str, Any]]]:
     tmp = tmp_path_factory.mktemp("fsdp")
-    return {world: launch(tmp, world, TRAINED + TIES + ["refuse:-"]) for world in (1, 2, 3)}
+    return {world: launch(tmp, world, TRAINED + TIES + EMPTY + ["refuse:-"]) for world in (1, 2, 3)}
 
 
 @pytest.mark.parametrize("scenario", TRAINED + TIES)
@@ -79,12 +85,21 @@ def test_sharded_masks_equal_the_unsharded_ones(runs: dict[int, list[dict[str, A
             assert got["zero"], f"{world} ranks, rank {rank}: a pruned weight or its momentum is not zero"
 
 
+@pytest.mark.parametrize("scenario", EMPTY)
+def test_ranks_without_rows_or_blocks(runs: dict[int, list[dict[str, Any]]], scenario: str) -> None:
+    for world in (2, 3):
+        for result in runs[world]:
+            assert result[scenario]["masks"] == runs[1][0][scenario]["masks"], (world, scenario)
+            assert result[scenario]["history"] == runs[1][0][scenario]["history"], (world, scenario)
+
+
 def test_four_ranks_with_an_empty_shard_and_a_short_last_one(tmp_path: Path, runs: dict[int, list[dict[str, Any]]]) -> None:
     """Shards without rows, block rows whose rows come from two other ranks, a last shard shorter than a block."""
-    scenario = "train:8x1@32-9-30-22"
-    for result in launch(tmp_path, 4, [scenario]):
-        assert result[scenario]["masks"] == runs[1][0][scenario]["masks"]
-        assert result[scenario]["history"] == runs[1][0][scenario]["history"]
+    scenarios = ["train:8x1@32-9-30-22", "ties:2x1_global@32-6-30-22", "ties:8x1@32-16-30-22"]
+    for result in launch(tmp_path, 4, scenarios):
+        for scenario in scenarios:
+            assert result[scenario]["masks"] == runs[1][0][scenario]["masks"], scenario
+            assert result[scenario]["history"] == runs[1][0][scenario]["history"], scenario
 
 
 def test_sparsity_reaches_the_target(runs: dict[int, list[dict[str, Any]]]) -> None:

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import PruningError
+from prunekit.pruner.criteria import Criterion
+from prunekit.registry import CRITERIA
 from prunekit.pruner import Pruning, prepare_pruning
 from pruner_helpers import zeros
 
@@ -252,3 +254,28 @@ def test_iterative_nm_keeps_pruned_groups_and_takes_the_lowest_next(scope: str) 
         pruned = torch.cat([group_scores[n][taken[n]] for n in names])
         left = torch.cat([group_scores[n][~taken[n]] for n in names])
         assert pruned.numel() and left.numel() and pruned.max() <= left.min()
+
+
+class _NewTensorMagnitude(Criterion):
+    """|w| as a new tensor: ignores ``out`` (the contract asks to write into it; prunekit copies what is returned)."""
+
+    name = "new_tensor_magnitude"
+
+    def score(self, weight: torch.Tensor, grad: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+        return weight.detach().abs().float() + 0.0
+
+
+@pytest.mark.parametrize("pattern", ["1x1", "4x1", "2:4"])
+def test_a_criterion_that_ignores_out_prunes_like_the_builtin(pattern: str) -> None:
+    CRITERIA.register(_NewTensorMagnitude.name, _NewTensorMagnitude)
+    try:
+        masks = []
+        for criterion in ("magnitude", _NewTensorMagnitude.name):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16))
+            session = Pruning(model, {"pruners": [{"pattern": pattern, "criterion": criterion, "target_sparsity": 0.5, "scope": "global"}]})
+            session.prune_now()
+            masks.append(session.masks)
+        assert all(torch.equal(masks[0][name], masks[1][name]) for name in masks[0])
+    finally:
+        CRITERIA.unregister(_NewTensorMagnitude.name)
