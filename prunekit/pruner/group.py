@@ -385,6 +385,12 @@ class PrunerGroup:
             live = layer.module._parameters.get("weight") if isinstance(layer.module, torch.nn.Module) else None
             if layer.shard is not None and live is not None and not is_dtensor(live):
                 continue  # FSDP2 registers the gathered weight between forward and backward; the shard comes back
+            if live is not layer.weight and layer.shard is None and is_dtensor(live):
+                raise PruningError(
+                    f"pruner {self.name!r}, layer {layer.name!r}: the model was sharded (fully_shard) after this Pruning "
+                    f"session was built, so its masks describe the whole weight; build the session after fully_shard "
+                    f"(and the optimizer after fully_shard too, as FSDP2 requires)"
+                )
             if live is not layer.weight:
                 raise PruningError(
                     f"pruner {self.name!r}, layer {layer.name!r}: the module's weight is no longer the Parameter this "

@@ -4,16 +4,18 @@
 rank ``k`` of ``W`` holds rows ``[k·p, min((k+1)·p, R))`` of dim 0, ``p = ceil(R / W)`` (``torch.chunk``'s
 split; the last ranks may hold fewer rows or none). For ``Linear`` and ``Conv`` weights dim 0 is the
 output dimension, i.e. the rows of the 2-D view prunekit scores (:class:`~prunekit.pruner.selection.Layout`),
-so a rank's shard is a contiguous range of those rows and every block row, ``N:M`` group and
-``1xchannel`` row lies in one shard when block heights divide the shard boundaries.
+so a rank's shard is a contiguous range of those rows: ``N:M`` groups, ``1xchannel`` rows and
+unstructured weights lie in one shard, and so do block rows when the block height divides the
+shard boundaries.
 
 What a rank keeps for a sharded layer is the mask and the scores of its own rows (1/W of the
-unsharded memory); what it needs of the others are numbers, not tensors: the counts, maxima and
-the few scores near a threshold that :mod:`prunekit.pruner.scope` reduces (:class:`ShardComm`),
-the sparsity of the whole layer for reports, and, for ``channelx1`` (a column spans every shard),
-the column scores. Every rank runs the same collectives in the same order, and since the global
-flat order of a layer's blocks is rank order, ties are broken exactly as in one process: the masks
-are those of unsharded training, bit for bit.
+unsharded memory); what it needs of the others is small: the counts, maxima and the few scores
+near a threshold that :mod:`prunekit.pruner.scope` reduces (:class:`ShardComm`), the sparsity of
+the whole layer for reports, the rows of a block row that straddles a shard boundary (it is scored
+on the rank holding its first row, :class:`Halo`), and, for ``channelx1`` (a column spans every
+shard), the running column sums (:class:`ChainedFold`). Every rank runs the same collectives in the
+same order, and since the global flat order of a layer's blocks is rank order, ties are broken
+exactly as in one process: the masks are those of unsharded training, bit for bit.
 """
 
 from __future__ import annotations
@@ -168,10 +170,6 @@ class ShardComm:
         self.offsets = list(offsets)
         #: blocks of every grid over all ranks
         self.totals = list(totals)
-
-    def sub(self, indices: Sequence[int]) -> "ShardComm":
-        """The communicator of a subset of the grids (in that order)."""
-        return ShardComm(self.shard, [self.sharded[i] for i in indices], [self.offsets[i] for i in indices], [self.totals[i] for i in indices])
 
     def counts(self, matrix: list[list[int]]) -> list[list[int]]:
         """``matrix[test][grid]`` summed over the ranks (one all-reduce)."""

@@ -193,6 +193,17 @@ def refusals(world: int) -> dict[str, Any]:
     model = model_for(1, (8, 8, 4))
     mesh = init_device_mesh(DEVICE.type, (world,))
     model[0].weight = nn.Parameter(distribute_tensor(model[0].weight.detach(), mesh, [Replicate()]))
+    from torch.distributed.fsdp import fully_shard
+
+    late = model_for(1, (8, 8, 4))
+    session = Pruning(late, {"pruners": [{"target_sparsity": 0.5}]})
+    fully_shard(late)  # after the session: its masks are of whole weights
+    try:
+        session.report()
+        out["late"] = "accepted"
+    except Exception as err:  # noqa: BLE001
+        out["late"] = f"{type(err).__name__}: {err}"
+    session.close()
     for key, cfg in (
         ("replicate", {"pruners": [{"op_names": ["^0$"], "target_sparsity": 0.5}]}),
         ("type", {"pruners": [{"op_names": ["^2$"], "type": "progressive", "target_sparsity": 0.5}]}),

@@ -161,6 +161,7 @@ def test_what_cannot_be_sharded_is_refused_with_a_message(runs: dict[int, list[d
     messages = runs[2][0]["refuse:-"]
     assert "placed [Replicate()]" in messages["replicate"] and "Shard(0)" in messages["replicate"]
     assert "does not prune FSDP2-sharded weights" in messages["type"] and "type: basic" in messages["type"]
+    assert "sharded (fully_shard) after this Pruning session was built" in messages["late"]
 
 
 def test_the_fsdp2_example_script_trains_saves_and_resumes_on_more_ranks(tmp_path: Path) -> None:
