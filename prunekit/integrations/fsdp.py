@@ -148,10 +148,14 @@ def _collect_template(value: Any, current: dict[str, torch.Tensor], template: di
     if mine is not None and tuple(mine.shape) == shape:
         template[key] = torch.empty_like(mine, dtype=dtype)
         return
-    # scores are saved inside the pruning window only: a session loading them may not hold them yet
-    parts = key.split("/")  # pruning/groups/<group>/scores/<layer>
-    group = next((g for g in pruning.groups if len(parts) == 5 and parts[1] == "groups" and g.name == parts[2]), None)
-    if group is None or parts[3] != "scores" or parts[4] not in group.mask8 or len(shape) != 2:
-        problems.append(f"{key}: saved with shape {list(shape)}, but this session has {'no such tensor' if mine is None else list(mine.shape)}")
+    if mine is not None:
+        problems.append(f"{key}: saved with shape {list(shape)}, but this session's is {list(mine.shape)}")
         return
-    template[key] = group.empty_scores(parts[4], shape, dtype)
+    # scores are saved inside the pruning window only: a session loading them may not hold them yet.
+    # A layer's scores load as this rank's rows; anything else (unit scores of heads and channels) whole
+    parts = key.split("/")  # pruning/groups/<group>/scores/<layer>
+    group = next((g for g in pruning.groups if len(parts) >= 3 and parts[1] == "groups" and g.name == parts[2]), None)
+    if group is not None and len(parts) == 5 and parts[3] == "scores" and parts[4] in group.mask8 and len(shape) == 2:
+        template[key] = group.empty_scores(parts[4], shape, dtype)
+    else:
+        template[key] = torch.empty(shape, dtype=dtype)

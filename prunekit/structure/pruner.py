@@ -18,6 +18,14 @@ Pruned units stay pruned. A unit is pruned by zeroing its slices of every member
 matrices keep an int8 mask for the rest of training (gradients and optimizer state masked as for
 any pattern), biases and norm parameters are zeroed at the event. Sparsity is element-wise over the
 member weight matrices, like every other pattern.
+
+Unit scores are summed in float64 (per index of the member's unit dimension, then per unit) and
+rounded to float32. Under FSDP2 each rank sums the rows it holds (a head's rows of ``in_proj`` may
+lie on several ranks; the columns of an output projection on every rank), the partial sums are
+added over the ranks (one all-reduce per step or event), and every rank then holds the same unit
+scores and makes the same choice; each masks its own rows. (Partial float64 sums added in another
+order can differ in the last float64 bit from one process's; after rounding to float32 the scores
+were identical in every test.)
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from prunekit.errors import PruningError
 from prunekit.pruner.group import PrunerGroup, PruningRecord, _short
 from prunekit.pruner.masks import apply_mask_, mask_optimizer_state_
 from prunekit.pruner.selection import Layer, Layout, _layout_of, _type_matches
-from prunekit.pruner.sharding import is_dtensor
+from prunekit.pruner.sharding import global_counts, is_dtensor, local_tensor, row_shard
 from prunekit.schedulers.base import PruningEvent
 from prunekit.structure.discover import declared_units, discover
 from prunekit.structure.units import Member, UnitGroup
@@ -124,14 +132,11 @@ class StructuredPruner(PrunerGroup):
                     continue
                 module = model.get_submodule(member.module)
                 weight = getattr(module, member.param)
-                if is_dtensor(weight):
-                    raise PruningError(
-                        f"pruner {config.name!r}: {name} is sharded by FSDP2 (a DTensor); structured pruning of heads and "
-                        f"channels needs whole weights: prune before fully_shard, or use an unstructured or N:M pattern "
-                        f"(those prune FSDP2 shards)"
-                    )
+                kind = _layout_of(module, weight)
                 self._param_of[name] = (member.module, member.param)
-                layers.append(Layer(name, module, weight, Layout(_layout_of(module, weight), tuple(weight.shape))))
+                layers.append(
+                    Layer(name, module, weight, Layout(kind, tuple(local_tensor(weight).shape)), shard=row_shard(name, weight, kind))
+                )
         self._layer_of = {(m, p): name for name, (m, p) in self._param_of.items()}
         super().__init__(config, layers)  # scheduler, criterion, masks, the frozen-weight check
         self._layer_by_name = {layer.name: layer for layer in self.layers}
@@ -141,18 +146,24 @@ class StructuredPruner(PrunerGroup):
     def _layer_pattern(self, spec: Any, layer: Layer, where: str) -> None:
         return None  # units span several layers: scored and masked by unit, not by a per-layer pattern
 
+    @classmethod
+    def needs_whole_layers(cls) -> bool:
+        return False  # unit scores are reduced over the ranks (module docstring)
+
     # ------------------------------------------------------------------ checks
     def check_layers(self) -> None:
         for layer in self.layers:
             module_name, param = self._param_of[layer.name]
             live = layer.module._parameters.get(param)
+            if layer.shard is not None and live is not None and not is_dtensor(live):
+                continue  # FSDP2 registers the gathered weight between forward and backward
             if live is not layer.weight:
                 raise PruningError(
                     f"pruner {self.name!r}, layer {layer.name!r}: the module's {param} is no longer the Parameter this session "
                     f"prunes (replaced after the session was built, e.g. by load_state_dict(..., assign=True) or prunekit.slim); "
                     f"build a new Pruning session for the model as it is now"
                 )
-            if tuple(layer.weight.shape) != layer.layout.shape:
+            if tuple(layer.data.shape) != layer.layout.shape:
                 raise PruningError(f"pruner {self.name!r}, layer {layer.name!r}: the weight's shape changed after the session was built")
             if layer.weight.device != self.mask8[layer.name].device:
                 raise PruningError(
@@ -161,16 +172,18 @@ class StructuredPruner(PrunerGroup):
                 )
 
     def _check_finite(self, step: int) -> bool:
+        problem = None
         for layer in self.layers:
-            tensors = [("weights", layer.weight.detach())]
+            tensors = [("weights", layer.data)]
             if self.criterion.needs_grad:
                 tensors.append(("gradients", self._grad(layer, step)))
             for what, tensor in tensors:
-                if tensor.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(tensor.float()))).all()):
-                    raise PruningError(
-                        f"pruner {self.name!r}, layer {layer.name!r}: the {what} are not finite (NaN/inf) at optimizer step "
-                        f"{step}; nothing was pruned at this event"
-                    )
+                if problem is None and tensor.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(tensor.float()))).all()):
+                    problem = f"pruner {self.name!r}, layer {layer.name!r}: the {what} are not finite (NaN/inf) at optimizer step {step}"
+        if self.shard is not None and global_counts([problem is not None], self.shard)[0] and problem is None:
+            problem = f"pruner {self.name!r}: weights or gradients are not finite (NaN/inf) on another rank at optimizer step {step}"
+        if problem is not None:
+            raise PruningError(f"{problem}; nothing was pruned at this event")
         return True
 
     # ------------------------------------------------------------------ scores
@@ -178,24 +191,59 @@ class StructuredPruner(PrunerGroup):
     def _fresh_unit_scores(self, step: int) -> dict[str, torch.Tensor]:
         """``{structure: float32 [units]}``: element scores of the unit's weights, reduced by ``reduce``."""
         reduce = self.config.reduce
-        element_scores: dict[str, torch.Tensor] = {}
-        out: dict[str, torch.Tensor] = {}
+        per_index: dict[tuple[str, int], torch.Tensor] = {}  # (layer, dim) -> float64 sums (maxima) along dim
+        totals: list[torch.Tensor] = []
+        counts: list[int] = []
         for unit_group in self.unit_groups:
             total: torch.Tensor | None = None
             count = 0
             for member in unit_group.weight_members:
                 name = self._layer_of[(member.module, member.param)]
-                if name not in element_scores:
-                    layer = self._layer_by_name[name]
+                layer = self._layer_by_name[name]
+                key = (name, member.dim)
+                if key not in per_index:
                     grad = self._grad(layer, step) if self.criterion.needs_grad else None
-                    element_scores[name] = self.criterion.score(layer.weight.detach(), grad).float()
-                view = member.unit_view(element_scores[name], unit_group.units)
-                part = view.amax((1, 2)) if reduce == "max" else view.sum((1, 2))
-                count += view.shape[1] * view.shape[2]
+                    scores = self.criterion.score(layer.data, grad).double()
+                    other = [d for d in range(scores.dim()) if d != member.dim]
+                    if scores.numel() == 0:
+                        per_index[key] = scores.new_zeros(scores.shape[member.dim])
+                    else:
+                        per_index[key] = scores.amax(other) if reduce == "max" else scores.sum(other)
+                    del scores
+                part = self._unit_part(member, unit_group.units, per_index[key], layer, reduce)
+                whole = layer.shard.global_shape if layer.shard is not None else tuple(layer.data.shape)
+                count += member.size * (math.prod(whole) // whole[member.dim])
                 total = part if total is None else (torch.maximum(total, part) if reduce == "max" else total + part)
             assert total is not None
-            out[unit_group.name] = total / count if reduce == "mean" else total
+            totals.append(total)
+            counts.append(count)
+        if self.shard is not None and self.shard.world > 1 and totals:  # the ranks' partial sums (maxima) of every unit
+            import torch.distributed as dist
+
+            flat = torch.cat(totals).to(self.shard.comm_device)
+            dist.all_reduce(flat, op=dist.ReduceOp.MAX if reduce == "max" else dist.ReduceOp.SUM, group=self.shard.group)
+            totals = list(flat.split([g.units for g in self.unit_groups]))
+        out: dict[str, torch.Tensor] = {}
+        for unit_group, total, count in zip(self.unit_groups, totals, counts):
+            device = self._layer_by_name[self._layer_of[(unit_group.weight_members[0].module, unit_group.weight_members[0].param)]].data.device
+            out[unit_group.name] = (total / count if reduce == "mean" else total).float().to(device)
         return out
+
+    @staticmethod
+    def _unit_part(member: Member, units: int, sums: torch.Tensor, layer: Layer, reduce: str) -> torch.Tensor:
+        """float64 ``[units]``: the per-index sums (maxima) ``sums`` along ``member.dim`` that this rank holds,
+        added up (maximized) per unit in index order; 0 (-inf for maxima) for units it holds nothing of."""
+        start = layer.shard.row0 if layer.shard is not None and member.dim == 0 else 0  # global index of sums[0]
+        lo, hi = member.offset, member.offset + units * member.size
+        a, b = max(lo, start), min(hi, start + sums.numel())
+        out = torch.full((units,), float("-inf") if reduce == "max" else 0.0, dtype=torch.float64, device=sums.device)
+        if a >= b:
+            return out
+        unit = (torch.arange(a, b, device=sums.device) - lo) // member.size
+        values = sums[a - start : b - start]
+        if reduce == "max":
+            return out.scatter_reduce_(0, unit, values, "amax")
+        return out.index_add_(0, unit, values)
 
     @torch.no_grad()
     def _accumulate(self, step: int, mask_grads: bool) -> None:
@@ -241,7 +289,7 @@ class StructuredPruner(PrunerGroup):
                 self._take_lowest(decided[unit_group.name], scores[unit_group.name], want)
         else:
             numel = {g.name: g.unit_numel(self.model) for g in self.unit_groups}
-            total = sum(layer.numel for layer in self.layers)  # distinct weights (a conv in two chains counts once)
+            total = sum(layer.total_numel for layer in self.layers)  # distinct weights (a conv in two chains counts once)
             budget = ratio * total
             bounds = {g.name: self._bounds(g, ratio) for g in self.unit_groups}
             count = {g.name: int(decided[g.name].sum()) for g in self.unit_groups}
@@ -262,7 +310,7 @@ class StructuredPruner(PrunerGroup):
                 self._take_lowest(decided[unit_group.name], scores[unit_group.name], low)
                 if high > 0 and int(decided[unit_group.name].sum()) >= high:
                     capped.append(unit_group.name)
-        if sync:
+        if sync and self.shard is None:  # (sharded: every rank holds the same unit scores and chooses the same)
             import torch.distributed as dist
 
             flat = torch.cat([decided[g.name] for g in self.unit_groups]).to(torch.uint8)
@@ -276,11 +324,10 @@ class StructuredPruner(PrunerGroup):
         self._commit(decided, optimizers, apply)
         self._warn_capped(step, capped)
         self.ratio = ratio
-        counts = {name: m.numel() - int(torch.count_nonzero(m)) for name, m in self.mask8.items()}
-        total_numel = sum(m.numel() for m in self.mask8.values())
+        counts, total_numel = self._pruned_counts()  # whole layers (summed over the ranks when sharded)
         pruned_numel = sum(counts.values())
         self.has_pruned = self.has_pruned or pruned_numel > 0
-        layers = {name: counts[name] / m.numel() for name, m in self.mask8.items()}
+        layers = {layer.name: counts[layer.name] / layer.total_numel for layer in self.layers}
         return PruningRecord(step, self.name, event.index, event.total, ratio, pruned_numel / total_numel, layers)
 
     @staticmethod
@@ -306,12 +353,15 @@ class StructuredPruner(PrunerGroup):
                 layer = self._layer_of.get((member.module, member.param))
                 if layer is not None:
                     mask = self.mask8[layer]
-                    mask.index_fill_(member.dim, index.to(mask.device), 0)
+                    local = _local_index(index, member.dim, self._layer_by_name[layer].shard)
+                    mask.index_fill_(member.dim, local.to(mask.device), 0)
                     touched.add(layer)
                 elif apply and (member.role != "norm" or member.param in ("weight", "bias")):  # running stats stay
                     tensor = member.tensor(self.model)
                     if tensor is not None:
-                        tensor.index_fill_(member.dim, index.to(tensor.device), 0)
+                        shard = row_shard(f"{member.module}.{member.param}", tensor, "linear") if is_dtensor(tensor) else None
+                        part = local_tensor(tensor.detach())
+                        part.index_fill_(member.dim, _local_index(index, member.dim, shard).to(part.device), 0)
             self.pruned_units[unit_group.name] = self.pruned_units[unit_group.name] | new
         if apply:
             for layer in self.layers:
@@ -354,6 +404,14 @@ class StructuredPruner(PrunerGroup):
                    for g in self.unit_groups}
         self.unit_scores = {name: s.to(device=devices[name], dtype=torch.float32, copy=True) for name, s in state["unit_scores"].items()}
         self.pruned_units = {name: p.to("cpu", copy=True) for name, p in state["pruned_units"].items()}
+
+
+def _local_index(index: torch.Tensor, dim: int, shard: Any) -> torch.Tensor:
+    """Global indices along ``dim`` as indices into this rank's shard (dim 0 of a sharded tensor: its rows only)."""
+    if shard is None or dim != 0:
+        return index
+    mine = index[(index >= shard.row0) & (index < shard.row1)]
+    return mine - shard.row0
 
 
 def _indices(member: Member, units: list[int]) -> torch.Tensor:

@@ -176,6 +176,14 @@ def len_after(shape: list[int], dim: int, removed: set[int] | None) -> int:
 def plan_slim(model: nn.Module, config: Any = None) -> SlimPlan:
     """Every structure of ``model`` and which of its units stay (see the module docstring); with a
     pruning ``config``, also the groups its ``units:`` entries declare."""
+    sharded = [name for name, p in model.named_parameters() if type(p).__name__ == "DTensor"]
+    if sharded:
+        raise PruningError(
+            f"{sharded[0]} (and {len(sharded) - 1} more) is sharded by FSDP2 (a DTensor); slim() replaces whole weights "
+            f"with smaller ones: gather the model first (torch.distributed.checkpoint.state_dict.get_model_state_dict("
+            f"model, options=StateDictOptions(full_state_dict=True)), loaded into an unsharded copy) and slim that copy. "
+            f"Nothing was changed"
+        )
     heads = attention_units(model)
     head_layers = {m.module for g in heads for m in g.members}
     structures = heads + ffn_units(model, head_layers) + conv_units(model)[0]

@@ -62,6 +62,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
                    "scheduler": {"type": "iterative", "start_step": 1, "end_step": 7, "frequency": 3}},
     "score_only_first": {"op_names": ["^0$"], "pattern": "1x1", "criterion": "score_only", "target_sparsity": 0.6,
                          "scheduler": {"type": "iterative", "start_step": 1, "end_step": 7, "frequency": 3}},
+    # structured units: attention heads (in_proj rows on several ranks, out_proj columns on all) and FFN channels
+    "units": {"pruners": [
+        {"name": "heads", "pattern": "head", "criterion": "snip_momentum", "target_sparsity": 0.5,
+         "scheduler": {"type": "iterative", "start_step": 1, "end_step": 9, "frequency": 4}},
+        {"name": "ffn", "pattern": "channel", "scope": "global", "criterion": "magnitude", "target_sparsity": 0.5,
+         "scheduler": {"type": "iterative", "start_step": 1, "end_step": 9, "frequency": 4}},
+    ]},
     "4x1_local": {"pattern": "4x1", "scope": "local", "criterion": "magnitude", "target_sparsity": 0.6,
                   "scheduler": {"type": "oneshot", "start_step": 0}},
     "1x1_local": {"pattern": "1x1", "scope": "local", "criterion": "magnitude", "target_sparsity": 0.55,
@@ -86,8 +93,39 @@ def _register_score_only() -> None:
             return weight.detach().abs().float()
 
 
+def config_of(name: str) -> dict[str, Any]:
+    config = CONFIGS[name]
+    return config if "pruners" in config else {"pruners": [config]}
+
+
+class Encoder(nn.Module):
+    """Two ``nn.TransformerEncoderLayer`` (d_model 32, 4 heads, FFN 48) and a linear head: heads and FFN channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(32, 4, 48, batch_first=True, dropout=0.0)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.head = nn.Linear(32, SIZES_TF[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x.view(x.shape[0], 4, 8).repeat(1, 1, 4))).mean(1)
+
+
+#: the Encoder's input and output sizes (``NAME@tf``)
+SIZES_TF = (32, 6)
+
+
 def model_for(world: int, sizes: tuple[int, ...]) -> nn.Module:
     torch.manual_seed(0)
+    if sizes == SIZES_TF:
+        model = Encoder().to(DEVICE)
+        if world > 1:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in model.encoder.layers:
+                fully_shard(layer)
+            fully_shard(model)
+        return model
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
@@ -204,6 +242,13 @@ def refusals(world: int) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001
         out["late"] = f"{type(err).__name__}: {err}"
     session.close()
+    try:
+        from prunekit import slim
+
+        slim(model_for(world, SIZES_TF))
+        out["slim"] = "accepted"
+    except Exception as err:  # noqa: BLE001
+        out["slim"] = f"{type(err).__name__}: {err}"
     for key, cfg in (
         ("replicate", {"pruners": [{"op_names": ["^0$"], "target_sparsity": 0.5}]}),
         ("type", {"pruners": [{"op_names": ["^2$"], "type": "progressive", "target_sparsity": 0.5}]}),
@@ -230,7 +275,7 @@ def trainer_run(kind: str, name: str, rank: int, world: int, sizes: tuple[int, .
 
     model = model_for(world, sizes)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    callback = PruningTrainerCallback({"pruners": [CONFIGS[name]]}, log=False)
+    callback = PruningTrainerCallback(config_of(name), log=False)
     checkpoint = f"{folder}/checkpoint-{SAVE_AT}"
     args = SimpleNamespace(output_dir=folder, resume_from_checkpoint=checkpoint if kind == "hfresume" else None)
     state = SimpleNamespace(global_step=0, max_steps=STEPS)
@@ -264,9 +309,9 @@ def run_scenario(scenario: str, rank: int, world: int, arg: str | None) -> dict[
 
     kind, name = scenario.split(":", 1)
     sizes = SIZES
-    if "@" in name:  # NAME@32-50-30-22: the layer sizes
+    if "@" in name:  # NAME@32-50-30-22: the layer sizes (NAME@tf: the Encoder)
         name, text = name.split("@")
-        sizes = tuple(int(v) for v in text.split("-"))
+        sizes = SIZES_TF if text == "tf" else tuple(int(v) for v in text.split("-"))
     if kind == "refuse":
         return refusals(world)
     if kind == "ties":
@@ -276,7 +321,7 @@ def run_scenario(scenario: str, rank: int, world: int, arg: str | None) -> dict[
         return trainer_run(kind, name, rank, world, sizes, f"{arg}/{scenario.split(':', 1)[1]}")
     model = model_for(world, sizes)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    session = Pruning(model, {"pruners": [CONFIGS[name]]}).attach(opt)
+    session = Pruning(model, config_of(name)).attach(opt)
     peak = 0
     if kind == "train":
         peak = train(model, opt, range(STEPS), rank, world, sizes, session)

@@ -32,6 +32,7 @@ TRAINED = [
     "train:1x1_global", "train:4x1_snip_momentum", "train:2:4", "train:1xchannel", "train:channelx1",
     "train:4x1_snip_momentum@32-50-30-22", "train:8x1@32-50-30-22", "train:2x2_local@32-50-30-22",
     "train:8x1@32-9-30-22",  # 4 ranks (below): 9 rows split 3/3/3/0, 30 rows 8/8/8/6 (a last shard shorter than a block)
+    "train:units@tf",  # attention heads (snip_momentum) and FFN channels (global) of a 2-layer transformer encoder
 ]
 #: one event on weights rounded to multiples of 1/8: thousands of exact ties, broken by flat index across ranks
 TIES = [
@@ -120,7 +121,7 @@ def test_each_rank_keeps_its_share_of_masks_and_scores(runs: dict[int, list[dict
 
 def test_save_on_some_ranks_resume_on_others(tmp_path: Path, runs: dict[int, list[dict[str, Any]]]) -> None:
     """torch.distributed.checkpoint: saved inside the pruning window (scores included), resharded on load."""
-    names = ["4x1_snip_momentum", "4x1_snip_momentum@32-50-30-22", "channelx1"]
+    names = ["4x1_snip_momentum", "4x1_snip_momentum@32-50-30-22", "channelx1", "units@tf"]
     for saver, loader in ((2, 3),):  # (3 -> 2: test_trainer_callback_saves_shards_and_resumes_on_other_ranks)
         folder = tmp_path / f"{saver}to{loader}"
         launch(tmp_path, saver, [f"save:{n}" for n in names], str(folder))
@@ -162,6 +163,7 @@ def test_what_cannot_be_sharded_is_refused_with_a_message(runs: dict[int, list[d
     assert "placed [Replicate()]" in messages["replicate"] and "Shard(0)" in messages["replicate"]
     assert "does not prune FSDP2-sharded weights" in messages["type"] and "type: basic" in messages["type"]
     assert "sharded (fully_shard) after this Pruning session was built" in messages["late"]
+    assert "is sharded by FSDP2" in messages["slim"] and "Nothing was changed" in messages["slim"]
 
 
 def test_the_fsdp2_example_script_trains_saves_and_resumes_on_more_ranks(tmp_path: Path) -> None:
