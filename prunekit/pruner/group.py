@@ -58,6 +58,7 @@ from prunekit.pruner.sharding import (
     RowShard,
     ShardComm,
     as_dtensor,
+    even_starts,
     global_counts,
     halo_of,
     is_dtensor,
@@ -338,9 +339,7 @@ class PrunerGroup:
         shard, halo = layer.shard, self._halos[layer.name]
         assert shard is not None
         owned = [min(-(-s // halo.r), grid_rows) for s in shard.starts]
-        per = -(-grid_rows // shard.world)
-        even = [min(k * per, grid_rows) for k in range(shard.world)] + [grid_rows]
-        return owned, even
+        return owned, list(even_starts(grid_rows, shard.world))
 
     def empty_scores(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An empty score tensor of layer ``name`` laid out as :meth:`state_dict` lays it out (of ``shape``
@@ -349,9 +348,8 @@ class PrunerGroup:
         device = layer.data.device
         if layer.shard is None or name in self._spanning:
             return torch.empty(shape, dtype=dtype, device=device)
-        rows, world, rank = shape[0], layer.shard.world, layer.shard.rank
-        per = -(-rows // world)
-        r0, r1 = min(rank * per, rows), min((rank + 1) * per, rows)
+        starts = even_starts(shape[0], layer.shard.world)
+        r0, r1 = starts[layer.shard.rank], starts[layer.shard.rank + 1]
         return as_dtensor(torch.empty((r1 - r0, *shape[1:]), dtype=dtype, device=device), layer.shard, shape)
 
     def _local_part(self, layer: Layer, saved: torch.Tensor, kind: str) -> torch.Tensor:

@@ -127,9 +127,9 @@ def _already_pruned(grids: Sequence[BlockGrid], comm: ShardComm | None = None) -
     return comm.counts([local])[0] if comm is not None else local
 
 
-def _total_blocks(g: BlockGrid, comm: ShardComm | None, i: int = 0) -> int:
-    """Blocks of grid ``i`` over every rank (``g.blocks`` without sharding)."""
-    return comm.totals[i] if comm is not None else g.blocks
+def _total_blocks(g: BlockGrid, comm: ShardComm | None) -> int:
+    """Blocks of one layer's grid ``g`` over every rank (``g.blocks`` without sharding)."""
+    return comm.totals[0] if comm is not None else g.blocks
 
 
 def _elements(grid: BlockGrid) -> int:

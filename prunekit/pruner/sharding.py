@@ -30,7 +30,7 @@ from prunekit.errors import PruningError
 
 __all__ = [
     "RowShard", "row_shard", "local_tensor", "is_dtensor", "ShardComm", "as_dtensor", "global_counts", "ChainedFold", "Halo",
-    "halo_of", "OwnedRows", "reshard_rows", "whole_tensors",
+    "halo_of", "OwnedRows", "reshard_rows", "whole_tensors", "even_starts",
 ]
 
 
@@ -111,8 +111,7 @@ def row_shard(name: str, weight: torch.Tensor, kind: str) -> RowShard | None:
     world = mesh.size()
     rank = mesh.get_local_rank()
     rows = int(weight.shape[0])
-    per = -(-rows // world) if world else rows
-    starts = tuple(min(k * per, rows) for k in range(world)) + (rows,)
+    starts = even_starts(rows, world)
     local_rows = int(weight._local_tensor.shape[0])
     if local_rows != starts[rank + 1] - starts[rank]:
         raise PruningError(
@@ -126,6 +125,13 @@ def row_shard(name: str, weight: torch.Tensor, kind: str) -> RowShard | None:
     if dist.get_backend(group) == "nccl":
         comm_device = torch.device("cuda", torch.cuda.current_device())
     return RowShard(group, rank, world, starts, tuple(int(s) for s in weight.shape), mesh, placements, comm_device)
+
+
+def even_starts(rows: int, world: int) -> tuple[int, ...]:
+    """The first row of every rank and the number of rows (``world + 1`` entries) when ``rows`` are split as
+    ``Shard(0)`` splits them (``torch.chunk``: ``ceil(rows / world)`` per rank, the last ranks fewer or none)."""
+    per = -(-rows // world) if world else rows
+    return tuple(min(k * per, rows) for k in range(world)) + (rows,)
 
 
 def as_dtensor(local: torch.Tensor, shard: RowShard, global_shape: Sequence[int] | None = None) -> torch.Tensor:
@@ -173,15 +179,11 @@ class ShardComm:
 
     def counts(self, matrix: list[list[int]]) -> list[list[int]]:
         """``matrix[test][grid]`` summed over the ranks (one all-reduce)."""
-        import torch.distributed as dist
-
         if not matrix:
             return matrix
-        t = torch.tensor(
-            [[v if (self.sharded[g] or self.rank == 0) else 0 for g, v in enumerate(row)] for row in matrix], dtype=torch.int64, device=self.device
-        )
-        dist.all_reduce(t, group=self.group)
-        return [[int(v) for v in row] for row in t.tolist()]
+        width = len(matrix[0])
+        flat = global_counts([v for row in matrix for v in row], self.shard, self.sharded * len(matrix))
+        return [flat[i : i + width] for i in range(0, len(flat), width)]
 
     def max(self, value: float) -> float:
         import torch.distributed as dist
@@ -312,20 +314,6 @@ class Halo:
         """Global index of this rank's first block row."""
         return -(-(self.shard.row0 + self.lead) // self.r)
 
-    def _p2p(self, sends: list[tuple[torch.Tensor, int]], recvs: list[tuple[torch.Tensor, int]]) -> None:
-        import torch.distributed as dist
-
-        device = self.shard.comm_device
-        staged = [(t.to(device).contiguous(), peer) for t, peer in sends]
-        landing = [(torch.empty(t.shape, dtype=t.dtype, device=device), t, peer) for t, peer in recvs]
-        ops = [dist.P2POp(dist.isend, t, group=self.shard.group, group_peer=peer) for t, peer in staged]
-        ops += [dist.P2POp(dist.irecv, buf, group=self.shard.group, group_peer=peer) for buf, _, peer in landing]
-        if ops:
-            for work in dist.batch_isend_irecv(ops):
-                work.wait()
-        for buf, dest, _ in landing:
-            dest.copy_(buf)
-
     def exchange(self, tensors: Sequence[torch.Tensor]) -> list["OwnedRows"]:
         """Each tensor's rows (this rank's, first dim = rows) as rows of the owned space: a :class:`OwnedRows`
         of its rows from ``lead`` on and the halo rows received from the next ranks."""
@@ -336,7 +324,7 @@ class Halo:
             mine = [torch.empty((n, *t.shape[1:]), dtype=t.dtype, device=t.device) for _, n in self.halo_from]
             recvs += [(buf, peer) for buf, (peer, _) in zip(mine, self.halo_from)]
             parts.append(mine)
-        self._p2p(sends, recvs)  # the messages between two ranks go in the order of `tensors` on both
+        _p2p(self.shard, sends, recvs)  # the messages between two ranks go in the order of `tensors` on both
         return [OwnedRows(t[self.lead :], torch.cat(p) if len(p) > 1 else p[0] if p else None) for t, p in zip(tensors, parts)]
 
     def swap_keep(self, tail_keep: torch.Tensor | None, width: int, device: torch.device) -> torch.Tensor | None:
@@ -346,8 +334,25 @@ class Halo:
         if self.halo_from and tail_keep is None:
             raise RuntimeError("a block row with halo rows has no keep flags")
         got = torch.empty(width, dtype=torch.int8, device=device) if self.lead and self.lead_owner is not None else None
-        self._p2p(sends, [(got, self.lead_owner)] if got is not None else [])
+        _p2p(self.shard, sends, [(got, self.lead_owner)] if got is not None else [])
         return got
+
+
+def _p2p(shard: RowShard, sends: list[tuple[torch.Tensor, int]], recvs: list[tuple[torch.Tensor, int]]) -> None:
+    """Send each ``(tensor, peer)`` of ``sends`` and receive into each ``(tensor, peer)`` of ``recvs`` (peers are
+    ranks of ``shard.group``), all at once; messages between two ranks pair up in the order given on both."""
+    import torch.distributed as dist
+
+    device = shard.comm_device
+    staged = [(t.to(device).contiguous(), peer) for t, peer in sends]
+    landing = [(torch.empty(t.shape, dtype=t.dtype, device=device), t, peer) for t, peer in recvs]
+    ops = [dist.P2POp(dist.isend, t, group=shard.group, group_peer=peer) for t, peer in staged]
+    ops += [dist.P2POp(dist.irecv, buf, group=shard.group, group_peer=peer) for buf, _, peer in landing]
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+    for buf, dest, _ in landing:
+        dest.copy_(buf)
 
 
 def halo_of(shard: RowShard, r: int) -> Halo | None:
@@ -406,7 +411,7 @@ def reshard_rows(local: torch.Tensor, have: Sequence[int], want: Sequence[int], 
                 out[a - lo : b - lo].copy_(local[a - have[k] : b - have[k]])
             else:
                 recvs.append((out[a - lo : b - lo], j))
-    Halo(shard, 1, 0, None, ())._p2p(sends, recvs)
+    _p2p(shard, sends, recvs)
     return out
 
 
