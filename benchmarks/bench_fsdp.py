@@ -12,10 +12,11 @@ process. Each measures, median of ``--rounds`` interleaved rounds:
   (1x1 local and global), 0.75 (4x1) and 0.5 (2:4);
 * ``masks + scores``: bytes of masks and scores the process keeps (inside the window).
 
-Each rank of the sharded run prints its own column; the CPU runs use one torch thread per process
-(``--ranks`` processes share the machine's cores: with 2 ranks on 2 cores the machine is busy).
+Each rank of the sharded run prints its own column; every process uses ``--threads`` torch threads
+(default 1: ``--ranks`` processes share the machine's cores, with 2 ranks on 2 cores the machine is
+busy; ``default`` keeps torch's default, oversubscribing the cores).
 
-Run: ``python benchmarks/bench_fsdp.py [--ranks 2] [--layers 3] [--side 2048] [--batch 32] [--rounds 5] [--device cpu|cuda]``.
+Run: ``python benchmarks/bench_fsdp.py [--ranks 2] [--layers 3] [--side 2048] [--batch 32] [--rounds 5] [--threads 1|default] [--device cpu|cuda]``.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def measure(rank: int, world: int, args: argparse.Namespace, store: str, out: st
     """One process: every measurement of the module docstring into ``out.<rank>`` (JSON)."""
     from prunekit import Pruning
 
-    torch.set_num_threads(1 if args.device == "cpu" else torch.get_num_threads())
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = torch.device(f"cuda:{rank}") if args.device == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -148,13 +150,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="global batch (each rank takes its share)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", default="1", help="torch threads per process: a number, or 'default' (torch's default)")
     args = parser.parse_args()
+    args.threads = 0 if args.threads == "default" else int(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
     ranks = args.ranks or (torch.cuda.device_count() if args.device == "cuda" else 2)
     print_machine(args.device)
     print(f"{'model':>14}: {args.layers} x Linear({args.side}, {args.side}), global batch {args.batch}, "
-          f"{args.rounds} rounds, 1 torch thread per process on CPU\n")
+          f"{args.rounds} rounds, {'default torch threads' if args.threads <= 0 else f'{args.threads} torch thread(s)'} per process\n")
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, world in (("unsharded", 1), (f"FSDP2 x{ranks}", ranks)):
