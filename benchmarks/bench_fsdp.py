@@ -22,6 +22,7 @@ Run: ``python benchmarks/bench_fsdp.py [--ranks 2] [--layers 3] [--side 2048] [-
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -78,10 +79,12 @@ def state_bytes(session: Any) -> int:
     )
 
 
-def measure(rank: int, world: int, args: argparse.Namespace, store: str, out: str) -> None:
-    """One process: every measurement of the module docstring into ``out.<rank>`` (JSON)."""
-    from prunekit import Pruning
+def run_rank(rank: int, world: int, args: argparse.Namespace, store: str, out: str) -> None:
+    """One process: every measurement of the module docstring into ``out.<rank>`` (JSON).
 
+    The process group outlives every model, session and tensor of the measurements (they are freed
+    and collected before the final barrier), so no gloo work holds Python objects at interpreter exit.
+    """
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     device = torch.device(f"cuda:{rank}") if args.device == "cuda" else torch.device("cpu")
@@ -89,6 +92,19 @@ def measure(rank: int, world: int, args: argparse.Namespace, store: str, out: st
         torch.cuda.set_device(device)
     if world > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    result = measure(world, args, device)
+    gc.collect()
+    with open(f"{out}.{rank}", "w") as f:
+        json.dump(result, f)
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def measure(world: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Every measurement of the module docstring, in this process (a rank of ``world`` when > 1)."""
+    from prunekit import Pruning
+
     per = max(1, args.batch // world)  # each rank its share of the global batch
     x = torch.randn(per, args.side, device=device)
     y = torch.randn(per, args.side, device=device)
@@ -135,11 +151,7 @@ def measure(rank: int, world: int, args: argparse.Namespace, store: str, out: st
             runs.append(timed(session.prune_now, device, world))
             session.close()
         result[label] = statistics.median(runs)
-    with open(f"{out}.{rank}", "w") as f:
-        json.dump(result, f)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    return result
 
 
 def main() -> None:
@@ -164,9 +176,9 @@ def main() -> None:
         for label, world in (("unsharded", 1), (f"FSDP2 x{ranks}", ranks)):
             out, store = os.path.join(tmp, f"out-{world}"), os.path.join(tmp, f"store-{world}")
             if world == 1:
-                measure(0, 1, args, store, out)
+                run_rank(0, 1, args, store, out)
             else:
-                mp.spawn(measure, args=(world, args, store, out), nprocs=world, join=True)
+                mp.spawn(run_rank, args=(world, args, store, out), nprocs=world, join=True)
             results[label] = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(world)]
     columns = [("unsharded", results["unsharded"][0])] + [
         (f"{label} rank {r}", res) for label, ranks_ in results.items() if label != "unsharded" for r, res in enumerate(ranks_)
