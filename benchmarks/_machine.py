@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 __all__ = [
     "machine_summary", "print_machine", "status_kib", "reset_peak", "unmap_freed_blocks", "busy_core", "BUSY_KINDS",
-    "thread_counts", "settings", "wall_seconds", "add_setting_arguments",
+    "thread_counts", "settings", "wall_seconds", "add_setting_arguments", "freeze_library_objects",
 ]
 
 #: what the competing process of :func:`busy_core` runs: ``spin`` a pure-Python loop (a data-loader
@@ -151,6 +151,20 @@ def settings(threads: str, loads: str) -> Iterator[tuple[int, str]]:
         for load in chosen:
             torch.set_num_threads(n)
             yield n, load
+
+
+def freeze_library_objects() -> None:
+    """Import what the measurements import lazily (building a torch optimizer loads ``torch._dynamo``:
+    ~300K objects), collect, then ``gc.freeze()`` everything alive: later ``gc.collect()`` calls (made
+    before every timed run) scan only the benchmark's own objects, ~0.1 ms instead of ~0.14 s each.
+    Frozen objects are never collected; they are the libraries' module-level objects."""
+    import gc
+
+    import torch
+
+    torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=0.1)
+    gc.collect()
+    gc.freeze()
 
 
 def wall_seconds(fn: Callable[[], object], device: str = "cpu") -> float:

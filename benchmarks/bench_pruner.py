@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _machine import (  # noqa: E402
-    add_setting_arguments, busy_core, print_machine, reset_peak, settings, status_kib, thread_counts, unmap_freed_blocks, wall_seconds,
+    add_setting_arguments, busy_core, freeze_library_objects, print_machine, reset_peak, settings, status_kib, thread_counts, unmap_freed_blocks, wall_seconds,
 )
 from prunekit.pruner import Pruning  # noqa: E402
 
@@ -472,6 +472,7 @@ def main() -> None:
     if args.memory_child:
         torch.set_num_threads(int(args.threads))
         unmap_freed_blocks()
+        freeze_library_objects()
         print(json.dumps({
             "updates": bench_updates(args.device, 1, memory=True) if "updates" not in skip else [],
             "scale": bench_scale(args.device, 1, memory=True) if "scale" not in skip else [],
@@ -479,6 +480,7 @@ def main() -> None:
         }))
         return
     torch.set_num_threads(thread_counts(args.threads)[0])
+    freeze_library_objects()
     print_machine(args.device)
     pruned_mib = DEPTH * WIDTH * WIDTH * 4 / 2**20
     print(f"\nmodel: {DEPTH} x Linear({WIDTH}, {WIDTH}), batch {BATCH}; pruned weights {pruned_mib:.0f} MiB")

@@ -1,20 +1,62 @@
-"""The `prunekit` command through its real entry point (a subprocess), error exits included."""
+"""The `prunekit` command, error exits included: ``main(argv)`` in this process (what the console
+script calls), and the real entry point (``python -m prunekit``, a subprocess) where the process
+matters: exit codes seen by a shell, tracebacks, hostile files, plugins that register globally."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from prunekit.cli import main
 from repo_paths import CONFIGS, ROOT
 
 
-def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+def run_process(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "prunekit", *args], cwd=cwd, capture_output=True, text=True, timeout=120
     )
+
+
+def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    """``prunekit ARGS`` run by ``main`` in this process from ``cwd`` (on ``sys.path``, as ``python -m``
+    puts it): exit code, stdout and stderr as a subprocess would give them. Modules imported from a
+    test's own folder are forgotten afterwards (tests reuse module names in different folders); the
+    repository's (prunekit, the venv's libraries) stay: a second copy of a library breaks it."""
+    out, err = io.StringIO(), io.StringIO()
+    here, modules = os.getcwd(), set(sys.modules)
+    os.chdir(cwd)
+    sys.path.insert(0, str(cwd))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exit_:  # argparse: --help, usage errors
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+    finally:
+        os.chdir(here)
+        sys.path.remove(str(cwd))
+        for name in set(sys.modules) - modules if Path(cwd).resolve() != ROOT.resolve() else ():
+            file = getattr(sys.modules[name], "__file__", None) or ""
+            if file and Path(file).resolve().is_relative_to(Path(cwd).resolve()):
+                del sys.modules[name]
+    return subprocess.CompletedProcess(["prunekit", *args], code, out.getvalue(), err.getvalue())
+
+
+def test_the_entry_point_validates_and_exits_with_the_codes_a_shell_sees(tmp_path):
+    result = run_process("validate", str(CONFIGS / "multi_group.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "valid (3 pruner group(s))" in result.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pruners:\n  - target_sparsity: 2\n")
+    result = run_process("validate", str(bad))
+    assert result.returncode == 2 and f"{bad}:2 pruners[0].target_sparsity" in result.stderr
 
 
 def test_validate_prints_the_groups():
@@ -39,7 +81,7 @@ def test_other_failures_exit_1_with_one_line_and_debug_shows_the_traceback():
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "no_such_module_xyz" in lines[0] and "--debug" in lines[0]
-    debug = run("--debug", "validate", str(CONFIGS / "multi_group.yaml"), "--model", "no_such_module_xyz:build")
+    debug = run_process("--debug", "validate", str(CONFIGS / "multi_group.yaml"), "--model", "no_such_module_xyz:build")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 
 
@@ -53,7 +95,7 @@ def test_hostile_files_exit_2_quickly_with_file_and_line(tmp_path):
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-        result = run("validate", str(tmp_path / name))
+        result = run_process("validate", str(tmp_path / name))
         assert result.returncode == 2, (name, result.stderr)
         assert f"{tmp_path / name}:" in result.stderr and "Traceback" not in result.stderr, result.stderr
 
@@ -87,7 +129,7 @@ def test_plan_plot_writes_a_png(tmp_path):
 
 
 def test_schedulers_lists_builtins_and_plugins():
-    result = run("--plugin", "custom_scheduler", "schedulers", cwd=ROOT / "examples")
+    result = run_process("--plugin", "custom_scheduler", "schedulers", cwd=ROOT / "examples")  # registers globally
     assert result.returncode == 0, result.stderr
     names = {line.split()[0] for line in result.stdout.splitlines()[2:]}
     assert {"iterative", "oneshot", "polynomial"} <= names
