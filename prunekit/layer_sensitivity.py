@@ -27,7 +27,7 @@ from torch import nn
 
 from prunekit.config import PrunerConfig, PruningConfig, load_config
 from prunekit.errors import PruningError
-from prunekit.pattern_syntax import parse_pattern
+from prunekit.config.pattern_syntax import parse_pattern
 from prunekit.pruner.session import Pruning
 from prunekit.registry import CRITERIA
 

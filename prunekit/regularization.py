@@ -27,7 +27,7 @@ import torch
 from pydantic import ConfigDict, Field
 
 from prunekit.registry import REGULARIZERS
-from prunekit.validation import StrictNumbersModel
+from prunekit.config.validation import StrictNumbersModel
 
 __all__ = ["RegularizerConfig", "GroupLassoConfig", "Regularizer", "GroupLasso", "register_regularizer"]
 

@@ -24,7 +24,7 @@ from prunekit.cli import main as cli_main
 from prunekit.config import load_config
 from prunekit.errors import ConfigError, PruningError
 from prunekit.schedulers import Scheduler, WeightSchedulerConfig
-from prunekit.validation import check_regexes, short_repr
+from prunekit.config.validation import check_regexes, short_repr
 
 
 def _problems(source: Any) -> list[pk.ConfigProblem]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from repo_paths import ROOT
-from prunekit.reference import render_config_reference
+from prunekit.config.reference import render_config_reference
 
 
 def test_configuration_reference_is_up_to_date():
     committed = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert committed == render_config_reference(), (
-        "docs/configuration.md is out of date: run `.venv/bin/python -m prunekit.reference > docs/configuration.md`"
+        "docs/configuration.md is out of date: run `.venv/bin/python -m prunekit.config.reference > docs/configuration.md`"
     )
 
 

@@ -12,7 +12,7 @@ def cmd_oneshot(args: argparse.Namespace) -> int:
     import torch
 
     from prunekit.config import load_config
-    from prunekit.pattern_syntax import parse_pattern
+    from prunekit.config.pattern_syntax import parse_pattern
     from prunekit.post_training import oneshot
     from prunekit.post_training.lm import calibration_windows, load_causal_lm, load_text, perplexity, split_tokens
 

@@ -38,7 +38,7 @@ from prunekit.data.norm import DataNormConfig
 from prunekit.errors import ConfigError, ConfigProblem, RegistryError
 from prunekit.registry import SCHEDULERS, get_scheduler, suggest
 from prunekit.schedulers.data import BaseDataScheduler, DataSchedulerConfig, LambdaDataScheduler
-from prunekit.validation import (
+from prunekit.config.validation import (
     StrictNumbersModel,
     check_class_names,
     check_regexes,

@@ -35,7 +35,7 @@ from prunekit.data.base import DATA_SPARSIFIERS, BaseDataSparsifier, DataLike, c
 from prunekit.data.blocks import BlockGrid, write_block_mask
 from prunekit.data.masks import clamp_block, matrix_shape
 from prunekit.registry import suggest
-from prunekit.validation import StrictNumbersModel, problems_from_validation_error, rule_error
+from prunekit.config.validation import StrictNumbersModel, problems_from_validation_error, rule_error
 
 __all__ = ["DataNormSparsifier", "DataNormConfig", "DataNormEntryConfig", "norm_block_mask"]
 

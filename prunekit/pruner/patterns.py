@@ -24,7 +24,7 @@ from typing import Callable, Literal, Protocol
 import torch
 
 from prunekit.errors import PruningError
-from prunekit.pattern_syntax import PatternSpec
+from prunekit.config.pattern_syntax import PatternSpec
 from prunekit.pruner import masks as _masks
 from prunekit.pruner.selection import Layout
 

@@ -33,7 +33,7 @@ from pydantic_core.core_schema import ValidationInfo
 
 from prunekit.errors import ConfigError, ConfigProblem, PruningError, RegistryError
 from prunekit.registry import SCHEDULERS
-from prunekit.validation import StrictNumbersModel, problems_from_validation_error, rule_error, short_repr, short_text
+from prunekit.config.validation import StrictNumbersModel, problems_from_validation_error, rule_error, short_repr, short_text
 
 __all__ = [
     "MAX_STEP",
@@ -56,7 +56,7 @@ class SchedulerConfig(StrictNumbersModel):
 
     Defaults are validated like given values (a subclass's invalid default is an error wherever
     the scheduler is named), and a boolean is never taken for a number (see
-    :class:`~prunekit.validation.StrictNumbersModel`).
+    :class:`~prunekit.config.validation.StrictNumbersModel`).
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)

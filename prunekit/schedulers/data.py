@@ -33,7 +33,7 @@ from prunekit.errors import ConfigError, PruningError
 from prunekit.registry import register_scheduler, suggest
 from prunekit.schedulers.base import MAX_STEP, SchedulerConfig
 from prunekit.schedulers.curves import decay_value
-from prunekit.validation import problems_from_validation_error, rule_error
+from prunekit.config.validation import problems_from_validation_error, rule_error
 
 if TYPE_CHECKING:  # imported lazily at run time: prunekit.data imports this module
     from prunekit.data.base import BaseDataSparsifier

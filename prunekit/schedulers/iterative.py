@@ -16,7 +16,7 @@ from prunekit.registry import register_scheduler
 from prunekit.schedulers.base import Scheduler, WeightSchedulerConfig
 from prunekit.schedulers.curves import AMBIGUOUS_CURVES, AMBIGUOUS_CURVES_FIX, DECAY_CURVES, decay_value
 from prunekit.registry import suggest
-from prunekit.validation import rule_error, short_repr
+from prunekit.config.validation import rule_error, short_repr
 
 __all__ = ["IterativeConfig", "IterativeScheduler"]
 

@@ -9,7 +9,7 @@ from pydantic_core.core_schema import ValidationInfo
 
 from prunekit.registry import register_scheduler
 from prunekit.schedulers.base import Scheduler, WeightSchedulerConfig
-from prunekit.validation import rule_error
+from prunekit.config.validation import rule_error
 
 __all__ = ["OneshotConfig", "OneshotScheduler"]
 

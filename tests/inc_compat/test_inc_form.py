@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import prunekit as pk
-from prunekit.inc import INC_PRUNING_TYPES
+from prunekit.config.inc import INC_PRUNING_TYPES
 from prunekit.pruner.selection import find_classifier_head
 
 

@@ -312,7 +312,7 @@ def test_group_lasso_block_norms_are_the_same_in_row_chunks(pattern: str, monkey
     import prunekit.regularization as regularization
     from prunekit.pruner.patterns import make_pattern
     from prunekit.pruner.selection import Layout
-    from prunekit.pattern_syntax import parse_pattern
+    from prunekit.config.pattern_syntax import parse_pattern
 
     g = torch.randn(23, 17)
     p = make_pattern(parse_pattern(pattern), Layout("linear", (23, 17)), where="test")

@@ -15,10 +15,10 @@ from pydantic import Field, model_validator
 
 from prunekit.config import PrunerConfig
 from prunekit.errors import PruningError
-from prunekit.pattern_syntax import parse_pattern
+from prunekit.config.pattern_syntax import parse_pattern
 from prunekit.pruner.group import PrunerGroup
 from prunekit.registry import register_pruner
-from prunekit.validation import rule_error
+from prunekit.config.validation import rule_error
 
 __all__ = ["OneShotConfig", "SparseGPTConfig", "WandaConfig", "MagnitudeOneShotConfig", "OneShotPruner", "ONESHOT_TYPES"]
 

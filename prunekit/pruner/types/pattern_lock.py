@@ -24,7 +24,7 @@ from prunekit.pruner.group import PrunerGroup, PruningRecord
 from prunekit.pruner.masks import apply_mask_, mask_optimizer_state_
 from prunekit.registry import register_pruner
 from prunekit.schedulers.base import PruningEvent
-from prunekit.validation import rule_error
+from prunekit.config.validation import rule_error
 
 __all__ = ["PatternLockConfig", "PatternLockPruner"]
 

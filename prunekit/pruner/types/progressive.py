@@ -33,10 +33,10 @@ from prunekit.pruner.group import PrunerGroup, PruningRecord, _is_number, _short
 from prunekit.pruner.masks import apply_mask_, mask_optimizer_state_
 from prunekit.pruner.patterns import BlockPattern, NMPattern
 from prunekit.pruner.scope import choose_blocks
-from prunekit.pattern_syntax import parse_pattern
+from prunekit.config.pattern_syntax import parse_pattern
 from prunekit.registry import register_pruner
 from prunekit.schedulers.base import PruningEvent
-from prunekit.validation import rule_error
+from prunekit.config.validation import rule_error
 
 __all__ = ["ProgressiveConfig", "ProgressivePruner"]
 

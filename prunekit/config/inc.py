@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from prunekit.errors import ConfigError, ConfigProblem
 from prunekit.registry import SCHEDULERS, suggest
-from prunekit.validation import data_shape_problems, format_path, short_repr
+from prunekit.config.validation import data_shape_problems, format_path, short_repr
 
 __all__ = [
     "INC_KEYS",

@@ -27,7 +27,7 @@ from pydantic_core import PydanticCustomError
 from pydantic_core.core_schema import ValidationInfo
 
 from prunekit.errors import ConfigProblem
-from prunekit.regex_safety import regex_backtracking_risk
+from prunekit.config.regex_safety import regex_backtracking_risk
 from prunekit.registry import suggest
 
 

@@ -1,6 +1,6 @@
 """The pruning configuration: pydantic v2 models, ``load_config`` and INC-style configs.
 
-INC's flat form is translated by :mod:`prunekit.inc`. A config has one or more pruner groups (layer selection, pattern, criterion, scope, target,
+INC's flat form is translated by :mod:`prunekit.config.inc`. A config has one or more pruner groups (layer selection, pattern, criterion, scope, target,
 per-op bounds, scheduler) with shared ``defaults`` and a ``version``::
 
     version: 1
@@ -38,7 +38,7 @@ from pydantic_core.core_schema import ValidationInfo
 
 from prunekit.data.config import DataSparsityConfig, data_sparsity_model_at
 from prunekit.errors import ConfigError, ConfigProblem, RegistryError
-from prunekit.inc import (
+from prunekit.config.inc import (
     INC_KEYS,
     INC_PRUNING_TYPES,
     INC_UNSUPPORTED_CRITERIA,
@@ -47,12 +47,12 @@ from prunekit.inc import (
     is_inc_form,
     translate_inc,
 )
-from prunekit.pattern_syntax import PATTERN_SYNTAX_HELP, PatternSpec, parse_pattern
+from prunekit.config.pattern_syntax import PATTERN_SYNTAX_HELP, PatternSpec, parse_pattern
 from prunekit.regularization import RegularizerConfig
 from prunekit.registry import CRITERIA, PRUNERS, REGULARIZERS, SCHEDULERS, suggest
 from prunekit.schedulers.base import SchedulerConfig, WeightSchedulerConfig, crashed_validator_message
 from prunekit.schedulers.oneshot import OneshotConfig
-from prunekit.validation import (
+from prunekit.config.validation import (
     StrictNumbersModel,
     check_class_names,
     check_regexes,
@@ -61,7 +61,7 @@ from prunekit.validation import (
     rule_error,
     short_repr,
 )
-from prunekit.yaml_source import YamlSource, read_yaml
+from prunekit.config.yaml_source import YamlSource, read_yaml
 
 __all__ = [
     "CONFIG_VERSION",

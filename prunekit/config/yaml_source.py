@@ -7,8 +7,8 @@ as ``('pruners', 1, 'scheduler', 'end_step')`` to the file and 1-based line it w
 Hostile or careless input is refused with the line it is on, before any work that could grow
 without bound: a file over :data:`MAX_CONFIG_BYTES`, bytes that are not UTF-8, a value over
 :data:`MAX_SCALAR_CHARS` characters, a number over :data:`MAX_NUMBER_CHARS` characters,
-nesting deeper than :data:`~prunekit.validation.MAX_DEPTH`, more than
-:data:`~prunekit.validation.MAX_NODES` values once aliases are expanded (a "billion laughs"
+nesting deeper than :data:`~prunekit.config.validation.MAX_DEPTH`, more than
+:data:`~prunekit.config.validation.MAX_NODES` values once aliases are expanded (a "billion laughs"
 document), an alias used inside the value it names, and keys that are not strings.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from prunekit.errors import ConfigError, ConfigProblem
-from prunekit.validation import MAX_DEPTH, MAX_NODES, format_path, short_repr, short_text
+from prunekit.config.validation import MAX_DEPTH, MAX_NODES, format_path, short_repr, short_text
 
 __all__ = ["YamlSource", "read_yaml", "ConfigLoader", "MAX_CONFIG_BYTES", "MAX_SCALAR_CHARS", "MAX_NUMBER_CHARS"]
 
