@@ -9,6 +9,7 @@ step 4 in ``FOLDER/step4-DEVICES.json``), ``resume`` (from that checkpoint to st
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 
@@ -98,6 +99,12 @@ def main() -> None:
     trainer.fit(Net(), loader, ckpt_path=f"{folder}/step=4.ckpt" if mode == "resume" else None)
     assert callback.pruning is not None
     write(trainer, callback.pruning, f"{folder}/{mode}-{devices}.json")
+    if torch.distributed.is_initialized():  # release what holds the group, meet, destroy it (no aborts at exit)
+        callback.pruning.close()
+        del trainer, callback, callbacks
+        gc.collect()
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
