@@ -21,11 +21,14 @@ are chunk-sized, counts accumulate on the device (one host read per pass), and e
 computes the same result from the same scores.
 
 **Sharded layers** (FSDP2, :mod:`prunekit.pruner.sharding`): a grid then holds this rank's block
-rows only, and ``comm`` (a :class:`~prunekit.pruner.sharding.ShardComm`) turns every count, maximum,
-sample and bracket into the one of the whole layer (all-reduces of counts, all-gathers of the few
-scores near the threshold), so every rank reaches the same threshold, tie cut and budgets as one
-process would; flat block indices (tie cuts) are global (this rank's grid starts at
-``comm.offsets[i]``). No weight or score is gathered.
+rows only, and ``comm`` (a :class:`~prunekit.pruner.sharding.ShardComm`) turns every count and
+maximum into the one of the whole layer, so every rank reaches the same threshold, tie cut and
+budgets as one process would; flat block indices (tie cuts) are global (this rank's grid starts at
+``comm.offsets[i]``). The threshold is then found by a radix select over the float32 bit patterns of
+the scores (:func:`_radix_find`): two passes (three for groups of more than 8 layers), each an
+all-reduced histogram of one digit per layer (65,536 and 32,768 element counts; 2,048 and 1,024),
+exact, the same on any number of ranks. No weight or score
+is gathered (only the flat indices of tied blocks of unequal size, for their tie cut).
 
 **The choice** of a layer (:func:`choose_blocks`) is a :class:`Choice`: a threshold ``t`` and a tie cut
 (blocks scored above ``t`` stay, below go, and of those scored exactly ``t`` the ones before a flat
@@ -247,7 +250,7 @@ def choose_blocks(
     t, found = _find([g], [pattern], lambda c: c[0] >= k, k, comm)
     if t < 0:  # nothing but pruned blocks: no tie goes
         return Choice(t, 0)
-    below, ties = found.ties(t) if found is not None else _below_and_ties(g, t, comm)
+    below, ties = found.ties(t) if isinstance(found, _Found) else _below_and_ties(g, t, comm)
     n = 0
     if ties.numel():
         sizes = pattern.sizes_of(ties)
@@ -300,7 +303,7 @@ def _below_and_tied(g: BlockGrid, t: float, comm: ShardComm | None = None) -> tu
 
 def _lowest_at(
     g: BlockGrid, t: float, blocks: int, counts: tuple[int, int], *, verify: bool, comm: ShardComm | None = None,
-    found: "_Found | None" = None, size: int | None = None,
+    found: "_Found | _Counted | None" = None, size: int | None = None,
 ) -> Choice | None:
     """The choice that prunes the ``blocks`` lowest blocks (uniform sizes), given their threshold ``t``.
 
@@ -320,19 +323,25 @@ def _lowest_at(
         return Choice(t, 0)  # every tie stays
     if n == tied:
         return Choice(t, _total_blocks(g, comm))  # every tie goes
-    if found is not None and found.inside[0].index is not None:  # the gathered bracket holds every tie's (global) index
+    if isinstance(found, _Found) and found.inside[0].index is not None:  # the bracket holds every tie's index
         bracket = found.inside[0]
         return Choice(t, int(bracket.index[bracket.values == t][n]))
-    return Choice(t, _nth_tie(g, t, n, comm, size))
+    mine = found.mine[0] if isinstance(found, _Counted) else None
+    return Choice(t, _nth_tie(g, t, n, comm, size, mine))
 
 
-def _nth_tie(g: BlockGrid, t: float, n: int, comm: ShardComm | None = None, size: int | None = None) -> int:
+def _nth_tie(
+    g: BlockGrid, t: float, n: int, comm: ShardComm | None = None, size: int | None = None, mine_counts: tuple[int, int] | None = None
+) -> int:
     """Flat index of the block after the first ``n`` blocks scored exactly ``t`` (reads chunks up to it).
 
-    Sharded: the ranks' tie counts (one all-gather) say which rank holds it; that rank finds it."""
+    Sharded: the ranks' tie counts (one all-gather; ``mine_counts``: this rank's elements ``< t`` and
+    ``<= t`` when known) say which rank holds it; that rank finds it."""
     if comm is not None:
-        below, upto = _counts([g], [("lt", t), ("le", t)])
-        mine = (upto[0] - below[0]) // (size if size is not None else g.pattern.block_numel)
+        if mine_counts is None:
+            below, upto = _counts([g], [("lt", t), ("le", t)])
+            mine_counts = (below[0], upto[0])
+        mine = (mine_counts[1] - mine_counts[0]) // (size if size is not None else g.pattern.block_numel)
         per_rank = comm.gather([torch.tensor([mine], dtype=torch.int64)])[0].tolist()
         before = sum(per_rank[: comm.rank])
         found = 0
@@ -389,14 +398,17 @@ def _find(
     reaches: Callable[[list[int]], bool],
     target: int,
     comm: ShardComm | None = None,
-) -> tuple[float, _Found | None]:
-    """:func:`find_threshold` on grids, and the bracket that holds the answer (``None`` when found otherwise)."""
+) -> tuple[float, "_Found | _Counted | None"]:
+    """:func:`find_threshold` on grids, and what holds the counts at the answer (``None`` when found otherwise):
+    the bracket that held it (:class:`_Found`), or the counts of the sharded search (:class:`_Counted`)."""
     totals = [_elements(g) for g in gs]
     if comm is not None:
         totals = comm.counts([totals])[0]
     if not reaches(totals):  # every score <= the largest one
         return _max(gs, comm), None
-    vals, pos = _weighted_sample(gs, target, comm)
+    if comm is not None:
+        return _radix_find(gs, reaches, comm)
+    vals, pos = _weighted_sample(gs, target)
     # the bracket's half-width in samples: _SLACK for a full sample, proportionally fewer for the
     # smaller sample of a small layer (the same share of the scores, the same error in sigmas)
     base_slack = max(min(_SLACK, 4), _SLACK * vals.numel() // _SAMPLE)
@@ -406,12 +418,91 @@ def _find(
         b = float("inf") if hi >= vals.numel() else float(vals[hi])
         if not b > a:
             continue
-        ca, inside = _bracket_pass(gs, a, b, comm)
+        ca, inside = _bracket_pass(gs, a, b)
         cb = [base + bracket.elements for base, bracket in zip(ca, inside)]
         if not reaches(ca) and reaches(cb):
             return _search_bracket(inside, reaches, ca), _Found(ca, inside)
-    top = _max(gs, comm)
-    return _smallest_threshold(lambda v: reaches(_counts_le(gs, [v], comm)[0]), top), None
+    top = _max(gs)
+    return _smallest_threshold(lambda v: reaches(_counts_le(gs, [v])[0]), top), None
+
+
+#: digits of the sharded search, high first: (shift, bins) covering the 31 bits of a non-negative float32:
+#: two passes with up to :data:`_WIDE_DIGIT_GRIDS` grids (a local choice has one), three with more
+#: (the histograms all-reduced per pass stay below ~0.5 MiB per grid and ~4 MiB in all)
+_RADIX_DIGITS_WIDE, _RADIX_DIGITS = ((15, 1 << 16), (0, 1 << 15)), ((20, 2048), (10, 1024), (0, 1024))
+_WIDE_DIGIT_GRIDS = 8
+
+
+class _Counted:
+    """The element counts ``< t`` and ``<= t`` per grid at the threshold ``t`` a search found."""
+
+    def __init__(self, t: float, below: list[int], upto: list[int], mine: list[tuple[int, int]]) -> None:
+        self.t, self.below, self.upto = t, below, upto
+        #: the same counts of this rank's blocks only (where a tie cut finds its rank without a pass)
+        self.mine = mine
+
+    def counts(self, t: float) -> list[tuple[int, int]]:
+        """Per grid: elements scored ``< t`` and ``<= t`` (``t`` must be the threshold found)."""
+        assert t == self.t, (t, self.t)
+        return list(zip(self.below, self.upto))
+
+
+def _digit_histogram(g: BlockGrid, lo: int, shift: int, bins: int) -> torch.Tensor:
+    """Elements of ``g`` by digit of their score's float32 bit pattern (``[bins + 2]``, float64 on the host).
+
+    Bin 0: scores whose pattern is below ``lo`` (:data:`PRUNED` and other negative scores too);
+    bin ``1 + d``: patterns in ``[lo + d << shift, lo + (d + 1) << shift)``; the last bin: above.
+    ``-0.0`` counts as ``0.0`` (it compares equal). Non-negative float32 values order like their
+    patterns (as int32), so the counts ``<= v`` of every ``v`` at a digit boundary follow by summing.
+    """
+    hist = torch.zeros(bins + 2, dtype=torch.float64, device=g.device)
+    uniform = g.pattern.uniform
+    buffer = torch.empty(_chunk_size(g), dtype=torch.float32, device=g.device)
+    for start, chunk in g.chunks():
+        bits = torch.add(chunk, 0.0, out=buffer[: chunk.numel()]).view(torch.int32)  # -0.0 becomes +0.0
+        # 1 + digit = (bits - lo + 2^shift) >> shift, clamped to [0, bins + 1]; negative scores (-1 after the
+        # clamp) land in bin 0; no int32 overflow: 0 <= lo < 2^31 and patterns are <= +inf's 0x7F800000
+        bits.clamp_(min=-1).sub_(lo - (1 << shift)).bitwise_right_shift_(shift).clamp_(0, bins + 1)
+        if uniform:
+            hist += torch.bincount(bits, minlength=bins + 2)
+        else:
+            sizes = g.pattern.sizes_of(torch.arange(start, start + chunk.numel(), device=chunk.device))
+            hist += torch.bincount(bits, weights=sizes.to(torch.float64), minlength=bins + 2)
+    if uniform:
+        hist *= g.pattern.block_numel
+    return hist.cpu()
+
+
+def _radix_find(gs: Sequence[BlockGrid], reaches: Callable[[list[int]], bool], comm: ShardComm) -> tuple[float, _Counted]:
+    """:func:`find_threshold` over sharded grids, exactly, from counts alone (module docstring).
+
+    Invariant: ``reaches`` holds for the counts ``<= lo + width - 1`` (initially every score: the caller
+    checked). Each pass splits ``[lo, lo + width)`` into the digits of the next bits; the smallest digit
+    whose upper end reaches narrows it. After the last pass ``width`` is 1 and ``t`` is the score whose
+    pattern is ``lo``; the last histogram gives the counts ``< t`` and ``<= t``."""
+    lo = 0
+    below = upto = [0] * len(gs)
+    for shift, bins in _RADIX_DIGITS_WIDE if len(gs) <= _WIDE_DIGIT_GRIDS else _RADIX_DIGITS:
+        local = _each_grid(lambda g: _digit_histogram(g, lo, shift, bins), gs)
+        hist = comm.histograms(local)
+        cum = hist[:, 0:1] + torch.cumsum(hist[:, 1 : bins + 1], 1)  # [grid, d]: elements <= the digit's last pattern
+
+        def at(d: int) -> list[int]:
+            return [int(v) for v in cum[:, d].tolist()]
+
+        low_d, high_d = -1, bins - 1  # reaches holds at the last digit (the invariant)
+        while high_d - low_d > 1:
+            mid = (low_d + high_d) // 2
+            if reaches(at(mid)):
+                high_d = mid
+            else:
+                low_d = mid
+        lo += high_d << shift
+        upto = at(high_d)
+        below = [u - int(h) for u, h in zip(upto, hist[:, 1 + high_d].tolist())]
+    # this rank's counts < t and <= t: from its own last histogram (bins below the digit, and the digit's)
+    mine = [(int(h[: 1 + high_d].sum()), int(h[: 2 + high_d].sum())) for h in local]
+    return _f32(lo), _Counted(_f32(lo), below, upto, mine)
 
 
 def _coprime_stride(stride: int, row: int) -> int:
@@ -428,47 +519,41 @@ def _coprime_stride(stride: int, row: int) -> int:
     return stride
 
 
-def _weighted_sample(grids: Sequence[BlockGrid], target: float, comm: ShardComm | None = None) -> tuple[torch.Tensor, int]:
+def _weighted_sample(grids: Sequence[BlockGrid], target: float) -> tuple[torch.Tensor, int]:
     """Sorted strided sample of the scores and the position in it where the cumulative element count
-    each sample stands for reaches ``target`` (sharded: every rank's samples, the same on every rank)."""
-    numel = sum(comm.totals) if comm is not None else sum(g.blocks for g in grids)
+    each sample stands for reaches ``target``."""
+    numel = sum(g.blocks for g in grids)
     # _SAMPLE scores, or 1/64 of them for small layers (at least _SAMPLE / 16): the sorted sample is a
     # fixed cost of every event, which should stay small next to a small layer too
     samples = min(_SAMPLE, max(_SAMPLE // 16, numel // 64))
     base = max(1, numel // samples)
-    if len(grids) == 1 and comm is None:  # every sample stands for the same count: no weights to sort along
+    if len(grids) == 1:  # every sample stands for the same count: no weights to sort along
         g = grids[0]
         stride = _coprime_stride(base, g.shape[-1])
         vals = torch.sort(g.sample(stride).float().cpu()).values
         weight = stride * _elements(g) / g.blocks
         return vals, min(vals.numel(), max(0, math.ceil(target / weight) - 1))
     values, weights = [], []
-    for i, g in enumerate(grids):
+    for g in grids:
         stride = _coprime_stride(base, g.shape[-1])
         sample = g.sample(stride).float().cpu() if g.blocks else torch.empty(0)
-        if comm is not None and not comm.sharded[i] and comm.rank != 0:
-            sample = sample[:0]  # a replicated grid: rank 0's sample stands for it
         elements_per_block = _elements(g) / g.blocks if g.blocks else 0.0
         values.append(sample)
         weights.append(torch.full_like(sample, stride * elements_per_block, dtype=torch.float64))
-    if comm is not None:
-        gathered_values, gathered_weights = comm.gather([torch.cat(values), torch.cat(weights)])
-        values, weights = [gathered_values.float()], [gathered_weights]
     vals, order = torch.sort(torch.cat(values), stable=True)
     cum = torch.cumsum(torch.cat(weights)[order], 0)
     return vals, int(torch.searchsorted(cum, torch.tensor([float(target)], dtype=cum.dtype)))
 
 
-def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float, comm: ShardComm | None = None) -> tuple[list[int], list["_Bracket"]]:
+def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float) -> tuple[list[int], list["_Bracket"]]:
     """One pass over every grid: element counts ``<= a`` and the scores in ``(a, b]``.
 
     The scores inside come back per layer as a :class:`_Bracket` on the host; the bracket holds a
-    few percent of the scores (the sample's slack), so this is small. Sharded: the counts are
-    summed and the brackets gathered over the ranks (rank order: flat indices stay ascending).
+    few percent of the scores (the sample's slack), so this is small.
     """
 
     def one(g: BlockGrid) -> tuple[int, _Bracket]:
-        uniform = g.pattern.uniform and comm is None  # sharded: indices and sizes are gathered too
+        uniform = g.pattern.uniform
         na: list[torch.Tensor] = []
         vals, idx = [], []
         flag = torch.empty(_chunk_size(g), dtype=torch.float32, device=g.device)
@@ -496,21 +581,7 @@ def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float, comm: ShardCom
         return ca * g.pattern.block_numel if uniform else ca, _Bracket(v, sizes, g.pattern.block_numel, index)
 
     results = _each_grid(one, grids)
-    counts, brackets = [count for count, _ in results], [bracket for _, bracket in results]
-    if comm is None:
-        return counts, brackets
-    counts = comm.counts([counts])[0]
-    gathered = []
-    for i, bracket in enumerate(brackets):
-        assert bracket.index is not None and bracket.sizes is not None
-        values, index, sizes = comm.gather([bracket.values, bracket.index + comm.offsets[i], bracket.sizes], grid=i)
-        # equal blocks: the searches need no sizes (faster paths); judged from the gathered sizes, the same on every
-        # rank (a rank that owns no block row has a degenerate local pattern)
-        if sizes.numel() and bool((sizes == sizes[0]).all()):
-            gathered.append(_Bracket(values, None, int(sizes[0]), index))
-        else:
-            gathered.append(_Bracket(values, sizes if sizes.numel() else None, bracket.block_numel, index))
-    return counts, gathered
+    return [count for count, _ in results], [bracket for _, bracket in results]
 
 
 class _Bracket:

@@ -185,6 +185,17 @@ class ShardComm:
         flat = global_counts([v for row in matrix for v in row], self.shard, self.sharded * len(matrix))
         return [flat[i : i + width] for i in range(0, len(flat), width)]
 
+    def histograms(self, hists: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-grid histograms (1-D, the same length; int64 or float64 counts) summed over the ranks:
+        ``[grid, bin]`` on the host (one all-reduce of float64: exact below 2^53 elements)."""
+        import torch.distributed as dist
+
+        mine = torch.stack([h.to(torch.float64) if (self.sharded[i] or self.rank == 0) else torch.zeros_like(h, dtype=torch.float64)
+                            for i, h in enumerate(hists)])
+        mine = mine.to(self.device)
+        dist.all_reduce(mine, group=self.group)
+        return mine.cpu()
+
     def max(self, value: float) -> float:
         import torch.distributed as dist
 

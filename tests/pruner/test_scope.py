@@ -101,3 +101,82 @@ def test_partial_block_threshold(sample) -> None:
         keep = scope.select_blocks(grid, pattern, k)
         pruned = int(pattern.count(~keep))
         assert abs(pruned - k) <= 2, (k, pruned)  # within half of the largest block
+
+
+class OneRankComm:
+    """The collectives of :class:`~prunekit.pruner.sharding.ShardComm` on a world of one rank (identities),
+    so the sharded search (the radix select over bit patterns) runs in this process on the same grids
+    as the unsharded one (the bracket search). The collectives themselves run in test_fsdp.py."""
+
+    def __init__(self, grids) -> None:
+        self.rank, self.world = 0, 1
+        self.sharded = [True] * len(grids)
+        self.offsets = [0] * len(grids)
+        self.totals = [g.numel() for g in grids]
+
+    def counts(self, matrix):
+        return [list(row) for row in matrix]
+
+    def histograms(self, hists):
+        return torch.stack([h.to(torch.float64) for h in hists])
+
+    def max(self, value):
+        return value
+
+    def gather(self, tensors, grid=None):
+        return [t.clone() for t in tensors]
+
+
+def special_grid(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """Scores with exact ties, PRUNED blocks, -0.0 beside +0.0, and +inf."""
+    grid = random_grid(rows, cols, seed, ties=True, pruned=0.1)
+    g = torch.Generator().manual_seed(seed + 1)
+    grid[torch.rand(rows, cols, generator=g) < 0.05] = 0.0
+    grid[torch.rand(rows, cols, generator=g) < 0.05] = -0.0
+    grid[torch.rand(rows, cols, generator=g) < 0.02] = float("inf")
+    return grid
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_sharded_search_chooses_what_the_bracket_search_chooses(sample, seed: int) -> None:
+    """Local: every k, 1x1 and 4x1 blocks with a partial edge row; the same Choice (threshold and tie cut)."""
+    for grid, pattern in ((special_grid(32, 64, seed), BlockPattern(32, 64, 1, 1)), (special_grid(8, 30, seed), BlockPattern(30, 30, 4, 1))):
+        for k in (1, 7, 100, grid.numel() // 3, grid.numel() - 5, int(pattern.count(torch.ones(grid.shape, dtype=torch.bool))) - 1):
+            expected = scope.choose_blocks(grid, pattern, k)
+            got = scope.choose_blocks(grid, pattern, k, comm=OneRankComm([grid]))
+            assert (got.t, got.cut) == (expected.t, expected.cut), (k, got, expected)
+
+
+@pytest.mark.parametrize("bounds", [(0.0, 1.0), (0.3, 0.9)])
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.8])
+def test_the_sharded_global_search_matches_brute_force(sample, bounds: tuple[float, float], ratio: float) -> None:
+    shapes = [(16, 20), (8, 64), (40, 10)]
+    grids = [special_grid(r, c, seed=i) for i, (r, c) in enumerate(shapes)]
+    grids[1][grids[1] > 0] *= 0.1  # a less important layer: the clamps bind
+    patterns = [BlockPattern(r, c, 1, 1) for r, c in shapes]
+    numels = [r * c for r, c in shapes]
+    total = round(ratio * sum(numels))
+    low = [int(min(bounds[0], ratio) * n) for n in numels]
+    high = [int(bounds[1] * n) for n in numels]
+    expected = scope.global_choice(grids, patterns, total, low, high)
+    got = scope.global_choice(grids, patterns, total, low, high, comm=OneRankComm(grids))
+    assert got == expected
+    assert got[0] == brute_budgets(grids, total, low, high)
+
+
+def test_the_sharded_search_gathers_no_score(monkeypatch) -> None:
+    """Only counts, histograms and integer indices cross ranks (the per-rank tie counts of a tie cut)."""
+    grid = special_grid(64, 64, 5)
+    comm = OneRankComm([grid])
+    gathered = []
+
+    def gather(tensors, grid=None):
+        assert not any(t.is_floating_point() for t in tensors), [t.dtype for t in tensors]
+        gathered.append(tensors)
+        return [t.clone() for t in tensors]
+
+    monkeypatch.setattr(comm, "gather", gather)
+    for k in (10, 1000, 3000):
+        choice = scope.choose_blocks(grid, BlockPattern(64, 64, 1, 1), k, comm=comm)
+        assert (choice.t, choice.cut) == ((c := scope.choose_blocks(grid, BlockPattern(64, 64, 1, 1), k)).t, c.cut)
+    assert gathered  # the tie cuts ran
