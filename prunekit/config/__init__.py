@@ -15,12 +15,6 @@ from prunekit.config.models import (
 )
 
 __all__ = [
-    "CONFIG_VERSION",
-    "PrunerConfig",
-    "PruningConfig",
-    "validate_pruner_config",
-    "WeightPruningConfig",
-    "INC_KEYS",
-    "load_config",
-    "config_json_schema",
+    "CONFIG_VERSION", "PrunerConfig", "PruningConfig", "validate_pruner_config", "WeightPruningConfig", "INC_KEYS",
+    "load_config", "config_json_schema",
 ]

@@ -154,18 +154,24 @@ def _max(grids: Sequence[BlockGrid], comm: ShardComm | None = None) -> float:
     return comm.max(top) if comm is not None else top
 
 
+def _first_holding(lo: int, hi: int, holds: Callable[[int], bool]) -> int:
+    """The smallest ``i`` in ``(lo, hi]`` with ``holds(i)``, for ``holds`` monotone, false at ``lo`` (or
+    ``lo`` out of its domain) and true at ``hi``: bisection, ``log2(hi - lo)`` calls."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def _smallest_threshold(reaches: Callable[[float], bool], high: float) -> float:
     """The smallest float32 ``t`` in ``[0, high]`` with ``reaches(t)``; ``reaches(high)`` must hold."""
     if reaches(0.0):
         return 0.0
-    lo, hi = 0, _bits(high)  # non-negative float32 values order like their bit patterns
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if reaches(_f32(mid)):
-            hi = mid
-        else:
-            lo = mid
-    return _f32(hi)
+    # non-negative float32 values order like their bit patterns
+    return _f32(_first_holding(0, _bits(high), lambda bits: reaches(_f32(bits))))
 
 
 class Choice:
@@ -490,13 +496,7 @@ def _radix_find(gs: Sequence[BlockGrid], reaches: Callable[[list[int]], bool], c
         def at(d: int) -> list[int]:
             return [int(v) for v in cum[:, d].tolist()]
 
-        low_d, high_d = -1, bins - 1  # reaches holds at the last digit (the invariant)
-        while high_d - low_d > 1:
-            mid = (low_d + high_d) // 2
-            if reaches(at(mid)):
-                high_d = mid
-            else:
-                low_d = mid
+        high_d = _first_holding(-1, bins - 1, lambda d: reaches(at(d)))  # it holds at the last digit (the invariant)
         lo += high_d << shift
         upto = at(high_d)
         below = [u - int(h) for u, h in zip(upto, hist[:, 1 + high_d].tolist())]
@@ -622,14 +622,9 @@ def _search_bracket(brackets: Sequence[_Bracket], reaches: Callable[[list[int]],
     """
     if len(brackets) == 1 and brackets[0].sizes is None and brackets[0].values.numel():
         bracket = brackets[0]
-        lo, hi = 0, bracket.values.numel()  # reaches fails with 0 of them and holds with all
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if reaches([below_a[0] + mid * bracket.block_numel]):
-                hi = mid
-            else:
-                lo = mid
-        return float(torch.kthvalue(bracket.values, hi).values)
+        # reaches fails with 0 of them and holds with all
+        j = _first_holding(0, bracket.values.numel(), lambda j: reaches([below_a[0] + j * bracket.block_numel]))
+        return float(torch.kthvalue(bracket.values, j).values)
     layers = [b.sorted() for b in brackets]
     union = torch.unique(torch.cat([v for v, _ in layers]))  # sorted; b (when finite) is in it
 
@@ -640,14 +635,8 @@ def _search_bracket(brackets: Sequence[_Bracket], reaches: Callable[[list[int]],
             out.append(base + (int(cum[n - 1]) if n else 0))
         return out
 
-    lo, hi = -1, union.numel() - 1  # reaches fails at a (index -1) and holds at the last
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if reaches(counts(float(union[mid]))):
-            hi = mid
-        else:
-            lo = mid
-    return float(union[hi])
+    # reaches fails at a (index -1) and holds at the last
+    return float(union[_first_holding(-1, union.numel() - 1, lambda i: reaches(counts(float(union[i]))))])
 
 
 def _take_closest(remaining: int, sizes: torch.Tensor) -> int:

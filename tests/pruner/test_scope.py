@@ -74,20 +74,24 @@ def brute_budgets(grids, total, low, high):
     return out
 
 
+def global_case(make, bounds: tuple[float, float], ratio: float):
+    """Three 1x1 layers of scores ``make(i, rows, cols)``, the second much less important than the others
+    (the clamps bind): ``(grids, patterns, total, low, high)`` for ``ratio`` of the elements within ``bounds``."""
+    shapes = [(16, 20), (8, 64), (40, 10)]
+    grids = [make(i, r, c) for i, (r, c) in enumerate(shapes)]
+    grids[1][grids[1] > 0] *= 0.1
+    numels = [r * c for r, c in shapes]
+    low = [int(min(bounds[0], ratio) * n) for n in numels]
+    high = [int(bounds[1] * n) for n in numels]
+    return grids, [BlockPattern(r, c, 1, 1) for r, c in shapes], round(ratio * sum(numels)), low, high
+
+
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), (0.3, 0.9), (0.0, 0.5)])
 @pytest.mark.parametrize("ratio", [0.1, 0.5, 0.8])
 def test_global_budgets_match_brute_force(sample, ties: bool, bounds: tuple[float, float], ratio: float) -> None:
-    shapes = [(16, 20), (8, 64), (40, 10)]
-    grids = [random_grid(r, c, seed=i + 10 * int(ties), ties=ties, pruned=0.05) for i, (r, c) in enumerate(shapes)]
-    # one layer much less important than the others: clamps bind
-    grids[1] = grids[1] * 0.1
-    grids[1][grids[1] < 0] = PRUNED
-    patterns = [BlockPattern(r, c, 1, 1) for r, c in shapes]
-    numels = [r * c for r, c in shapes]
-    total = round(ratio * sum(numels))
-    low = [int(min(bounds[0], ratio) * n) for n in numels]
-    high = [int(bounds[1] * n) for n in numels]
+    grids, patterns, total, low, high = global_case(lambda i, r, c: random_grid(r, c, seed=i + 10 * int(ties), ties=ties, pruned=0.05), bounds, ratio)
+    numels = [g.numel() for g in grids]
     got = scope.global_budgets(grids, patterns, total, low, high)
     assert got == brute_budgets(grids, total, low, high)
     if bounds[1] * min(numels) >= total / len(numels):
@@ -150,14 +154,7 @@ def test_the_sharded_search_chooses_what_the_bracket_search_chooses(sample, seed
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), (0.3, 0.9)])
 @pytest.mark.parametrize("ratio", [0.1, 0.5, 0.8])
 def test_the_sharded_global_search_matches_brute_force(sample, bounds: tuple[float, float], ratio: float) -> None:
-    shapes = [(16, 20), (8, 64), (40, 10)]
-    grids = [special_grid(r, c, seed=i) for i, (r, c) in enumerate(shapes)]
-    grids[1][grids[1] > 0] *= 0.1  # a less important layer: the clamps bind
-    patterns = [BlockPattern(r, c, 1, 1) for r, c in shapes]
-    numels = [r * c for r, c in shapes]
-    total = round(ratio * sum(numels))
-    low = [int(min(bounds[0], ratio) * n) for n in numels]
-    high = [int(bounds[1] * n) for n in numels]
+    grids, patterns, total, low, high = global_case(lambda i, r, c: special_grid(r, c, seed=i), bounds, ratio)
     expected = scope.global_choice(grids, patterns, total, low, high)
     got = scope.global_choice(grids, patterns, total, low, high, comm=OneRankComm(grids))
     assert got == expected
