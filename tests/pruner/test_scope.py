@@ -151,9 +151,12 @@ def test_the_sharded_search_chooses_what_the_bracket_search_chooses(sample, seed
             assert (got.t, got.cut) == (expected.t, expected.cut), (k, got, expected)
 
 
+@pytest.mark.parametrize("digits", ["two wide digits", "three digits (groups of more than 8 layers)"])
 @pytest.mark.parametrize("bounds", [(0.0, 1.0), (0.3, 0.9)])
 @pytest.mark.parametrize("ratio", [0.1, 0.5, 0.8])
-def test_the_sharded_global_search_matches_brute_force(sample, bounds: tuple[float, float], ratio: float) -> None:
+def test_the_sharded_global_search_matches_brute_force(sample, monkeypatch, digits: str, bounds: tuple[float, float], ratio: float) -> None:
+    if digits.startswith("three"):
+        monkeypatch.setattr(scope, "_WIDE_DIGIT_GRIDS", 0)
     grids, patterns, total, low, high = global_case(lambda i, r, c: special_grid(r, c, seed=i), bounds, ratio)
     expected = scope.global_choice(grids, patterns, total, low, high)
     got = scope.global_choice(grids, patterns, total, low, high, comm=OneRankComm(grids))
