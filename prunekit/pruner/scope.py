@@ -433,8 +433,8 @@ def _find(
 
 
 #: digits of the sharded search, high first: (shift, bins) covering the 31 bits of a non-negative float32:
-#: two passes with up to :data:`_WIDE_DIGIT_GRIDS` grids (a local choice has one), three with more
-#: (the histograms all-reduced per pass stay below ~0.5 MiB per grid and ~4 MiB in all)
+#: two passes with up to :data:`_WIDE_DIGIT_GRIDS` grids (a local choice has one: at most ~4 MiB of
+#: histograms per all-reduce), three with more (16 KiB per grid and pass)
 _RADIX_DIGITS_WIDE, _RADIX_DIGITS = ((15, 1 << 16), (0, 1 << 15)), ((20, 2048), (10, 1024), (0, 1024))
 _WIDE_DIGIT_GRIDS = 8
 
@@ -454,12 +454,13 @@ class _Counted:
 
 
 def _digit_histogram(g: BlockGrid, lo: int, shift: int, bins: int) -> torch.Tensor:
-    """Elements of ``g`` by digit of their score's float32 bit pattern (``[bins + 2]``, float64 on the host).
+    """Elements of ``g`` by digit of their score's float32 bit pattern (``[bins + 2]`` float64, on ``g``'s device).
 
     Bin 0: scores whose pattern is below ``lo`` (:data:`PRUNED` and other negative scores too);
-    bin ``1 + d``: patterns in ``[lo + d << shift, lo + (d + 1) << shift)``; the last bin: above.
+    bin ``1 + d``: patterns in ``[lo + (d << shift), lo + ((d + 1) << shift))``; the last bin: above.
     ``-0.0`` counts as ``0.0`` (it compares equal). Non-negative float32 values order like their
     patterns (as int32), so the counts ``<= v`` of every ``v`` at a digit boundary follow by summing.
+    Scores are float32, finite or ``+inf`` (NaN is refused before any scoring).
     """
     hist = torch.zeros(bins + 2, dtype=torch.float64, device=g.device)
     uniform = g.pattern.uniform
@@ -471,12 +472,16 @@ def _digit_histogram(g: BlockGrid, lo: int, shift: int, bins: int) -> torch.Tens
         bits.clamp_(min=-1).sub_(lo - (1 << shift)).bitwise_right_shift_(shift).clamp_(0, bins + 1)
         if uniform:
             hist += torch.bincount(bits, minlength=bins + 2)
-        else:
-            sizes = g.pattern.sizes_of(torch.arange(start, start + chunk.numel(), device=chunk.device))
-            hist += torch.bincount(bits, weights=sizes.to(torch.float64), minlength=bins + 2)
+            continue
+        # blocks of a few sizes (edge blocks): one unweighted count per (bin, size) pair, then weighted by
+        # the sizes (a weighted bincount raises on CUDA under torch.use_deterministic_algorithms)
+        sizes = g.pattern.sizes_of(torch.arange(start, start + chunk.numel(), device=chunk.device))
+        classes, which = torch.unique(sizes, return_inverse=True)
+        pairs = torch.bincount(bits.to(torch.int64) * classes.numel() + which.view(-1), minlength=(bins + 2) * classes.numel())
+        hist += pairs.view(bins + 2, classes.numel()).to(torch.float64) @ classes.to(torch.float64)
     if uniform:
         hist *= g.pattern.block_numel
-    return hist.cpu()
+    return hist
 
 
 def _radix_find(gs: Sequence[BlockGrid], reaches: Callable[[list[int]], bool], comm: ShardComm) -> tuple[float, _Counted]:
@@ -485,12 +490,13 @@ def _radix_find(gs: Sequence[BlockGrid], reaches: Callable[[list[int]], bool], c
     Invariant: ``reaches`` holds for the counts ``<= lo + width - 1`` (initially every score: the caller
     checked). Each pass splits ``[lo, lo + width)`` into the digits of the next bits; the smallest digit
     whose upper end reaches narrows it. After the last pass ``width`` is 1 and ``t`` is the score whose
-    pattern is ``lo``; the last histogram gives the counts ``< t`` and ``<= t``."""
+    pattern is ``lo`` (a float32 value, not necessarily a score: ``0.0`` when the counts reach there);
+    the last histogram gives the counts ``< t`` and ``<= t``."""
     lo = 0
     below = upto = [0] * len(gs)
     for shift, bins in _RADIX_DIGITS_WIDE if len(gs) <= _WIDE_DIGIT_GRIDS else _RADIX_DIGITS:
         local = _each_grid(lambda g: _digit_histogram(g, lo, shift, bins), gs)
-        hist = comm.histograms(local)
+        hist = comm.histograms(local)  # [grid, bin] on the host
         cum = hist[:, 0:1] + torch.cumsum(hist[:, 1 : bins + 1], 1)  # [grid, d]: elements <= the digit's last pattern
 
         def at(d: int) -> list[int]:
@@ -501,7 +507,7 @@ def _radix_find(gs: Sequence[BlockGrid], reaches: Callable[[list[int]], bool], c
         upto = at(high_d)
         below = [u - int(h) for u, h in zip(upto, hist[:, 1 + high_d].tolist())]
     # this rank's counts < t and <= t: from its own last histogram (bins below the digit, and the digit's)
-    mine = [(int(h[: 1 + high_d].sum()), int(h[: 2 + high_d].sum())) for h in local]
+    mine = [(int(h[: 1 + high_d].sum()), int(h[: 2 + high_d].sum())) for h in torch.stack(local).cpu()]
     return _f32(lo), _Counted(_f32(lo), below, upto, mine)
 
 

@@ -9,8 +9,9 @@ unstructured weights lie in one shard, and so do block rows when the block heigh
 shard boundaries.
 
 What a rank keeps for a sharded layer is the mask and the scores of its own rows (1/W of the
-unsharded memory); what it needs of the others is small: the counts, maxima and the few scores
-near a threshold that :mod:`prunekit.pruner.scope` reduces (:class:`ShardComm`), the sparsity of
+unsharded memory); what it needs of the others is small: the counts, maxima and histograms of
+counts that the threshold searches of :mod:`prunekit.pruner.scope` reduce (:class:`ShardComm`; never
+a score), the sparsity of
 the whole layer for reports, the rows of a block row that straddles a shard boundary (it is scored
 on the rank holding its first row, :class:`Halo`), and, for ``channelx1`` (a column spans every
 shard), the running column sums (:class:`ChainedFold`). Every rank runs the same collectives in the
@@ -186,13 +187,13 @@ class ShardComm:
         return [flat[i : i + width] for i in range(0, len(flat), width)]
 
     def histograms(self, hists: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Per-grid histograms (1-D, the same length; int64 or float64 counts) summed over the ranks:
-        ``[grid, bin]`` on the host (one all-reduce of float64: exact below 2^53 elements)."""
+        """Per-grid histograms (1-D, the same length, any device) summed over the ranks: ``[grid, bin]``
+        float64 on the host (one all-reduce: exact below 2^53 elements); replicated grids from rank 0."""
         import torch.distributed as dist
 
-        mine = torch.stack([h.to(torch.float64) if (self.sharded[i] or self.rank == 0) else torch.zeros_like(h, dtype=torch.float64)
-                            for i, h in enumerate(hists)])
-        mine = mine.to(self.device)
+        mine = torch.stack([h.to(torch.float64) for h in hists]).to(self.device)
+        if self.rank != 0:
+            mine[[i for i, sharded in enumerate(self.sharded) if not sharded]] = 0
         dist.all_reduce(mine, group=self.group)
         return mine.cpu()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -180,3 +182,127 @@ def test_the_sharded_search_gathers_no_score(monkeypatch) -> None:
         choice = scope.choose_blocks(grid, BlockPattern(64, 64, 1, 1), k, comm=comm)
         assert (choice.t, choice.cut) == ((c := scope.choose_blocks(grid, BlockPattern(64, 64, 1, 1), k)).t, c.cut)
     assert gathered  # the tie cuts ran
+
+
+class Ranks:
+    """``world`` ranks as threads of this process, meeting at a barrier for every collective."""
+
+    def __init__(self, world: int) -> None:
+        self.world = world
+        self.barrier = threading.Barrier(world)
+        self.slots: list = [None] * world
+
+    def exchange(self, rank: int, value):
+        """Every rank's ``value``, in rank order (an all-gather)."""
+        self.slots[rank] = value
+        self.barrier.wait()
+        out = list(self.slots)
+        self.barrier.wait()
+        return out
+
+    def run(self, fn):
+        """``[fn(rank) for every rank]``, each rank in its own thread; the first error is raised."""
+        results, errors = [None] * self.world, []
+
+        def one(rank: int) -> None:
+            try:
+                results[rank] = fn(rank)
+            except BaseException as err:  # noqa: BLE001 - re-raised below
+                errors.append(err)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=one, args=(r,)) for r in range(self.world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results
+
+
+class ThreadRankComm(OneRankComm):
+    """:class:`~prunekit.pruner.sharding.ShardComm`'s collectives over :class:`Ranks` (replicated grids from rank 0)."""
+
+    def __init__(self, ranks: Ranks, rank: int, sharded, offsets, totals) -> None:
+        self.ranks, self.rank, self.world = ranks, rank, ranks.world
+        self.sharded, self.offsets, self.totals = list(sharded), list(offsets), list(totals)
+
+    def _mine(self, i: int) -> bool:
+        return self.sharded[i] or self.rank == 0
+
+    def counts(self, matrix):
+        mine = [[v if self._mine(i) else 0 for i, v in enumerate(row)] for row in matrix]
+        every = self.ranks.exchange(self.rank, mine)
+        return [[sum(m[t][i] for m in every) for i in range(len(row))] for t, row in enumerate(matrix)]
+
+    def histograms(self, hists):
+        mine = torch.stack([h.to(torch.float64) * self._mine(i) for i, h in enumerate(hists)])
+        return sum(self.ranks.exchange(self.rank, mine))
+
+    def max(self, value):
+        return max(self.ranks.exchange(self.rank, value))
+
+    def gather(self, tensors, grid=None):
+        if grid is not None and not self.sharded[grid]:
+            tensors = [t if self.rank == 0 else t[:0] for t in tensors]
+        every = self.ranks.exchange(self.rank, tensors)
+        return [torch.cat([m[i] for m in every]) for i in range(len(tensors))]
+
+
+def row_parts(grid: torch.Tensor, pattern: BlockPattern, starts: list[int]):
+    """The block rows ``[starts[k], starts[k + 1])`` of ``grid`` as rank ``k``'s grid, its own pattern and flat offset."""
+    parts = []
+    for g0, g1 in zip(starts, starts[1:]):
+        rows = min(g1 * pattern.r, pattern.rows) - min(g0 * pattern.r, pattern.rows)
+        parts.append((grid[g0:g1].clone(), BlockPattern(rows, pattern.cols, pattern.r, pattern.c), g0 * grid.shape[1]))
+    return parts
+
+
+@pytest.mark.parametrize("starts", [[0, 4, 8], [0, 3, 6, 8], [0, 2, 2, 5, 8]], ids=["2 ranks", "3 ranks", "4 ranks, one empty"])
+def test_sharded_ranks_choose_what_one_process_chooses(sample, starts: list[int]) -> None:
+    """Ranks holding block rows of a layer (threads exchanging counts and histograms): every rank's
+    Choice is the unsharded one; 1x1 and 4x1 with a partial last block row; ties, PRUNED, -0.0, +inf."""
+    cases = [(special_grid(8, 64, 11), BlockPattern(8, 64, 1, 1)), (special_grid(8, 30, 12), BlockPattern(30, 30, 4, 1))]
+    for grid, pattern in cases:
+        parts = row_parts(grid, pattern, starts)
+        for k in (1, 50, grid.numel() // 2, int(pattern.count(torch.ones(grid.shape, dtype=torch.bool))) - 3):
+            expected = scope.choose_blocks(grid, pattern, k)
+            ranks = Ranks(len(parts))
+
+            def choose(rank: int):
+                local, local_pattern, offset = parts[rank]
+                comm = ThreadRankComm(ranks, rank, [True], [offset], [grid.numel()])
+                choice = scope.choose_blocks(scope.as_grid(local, local_pattern), pattern, k, comm=comm)
+                return choice.t, choice.cut
+
+            assert ranks.run(choose) == [(expected.t, expected.cut)] * len(parts), (pattern, k)
+
+
+@pytest.mark.parametrize("digits", ["two wide digits", "three digits"])
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_ranks_find_the_global_budgets_of_one_process(sample, monkeypatch, digits: str, world: int) -> None:
+    """Global scope over two sharded layers and a replicated one (every rank holds it: counted once)."""
+    if digits == "three digits":
+        monkeypatch.setattr(scope, "_WIDE_DIGIT_GRIDS", 0)
+    grids, patterns, total, low, high = global_case(lambda i, r, c: special_grid(r, c, seed=20 + i), (0.1, 0.9), 0.6)
+    expected = scope.global_choice(grids, patterns, total, low, high)
+    ranks = Ranks(world)
+    split = [[round(k * g.shape[0] / world) for k in range(world + 1)] for g in grids]
+
+    def search(rank: int):
+        local, sharded, offsets = [], [], []
+        for i, (grid, pattern) in enumerate(zip(grids, patterns)):
+            if i == 2:  # replicated
+                local.append(grid), sharded.append(False), offsets.append(0)
+                continue
+            part, _, offset = row_parts(grid, pattern, split[i])[rank]
+            local.append(part), sharded.append(True), offsets.append(offset)
+        comm = ThreadRankComm(ranks, rank, sharded, offsets, [g.numel() for g in grids])
+        local_patterns = [BlockPattern(g.shape[0], g.shape[1], 1, 1) for g in local]
+        budgets, t, counts = scope.global_choice(
+            [scope.as_grid(g, p) for g, p in zip(local, local_patterns)], patterns, total, low, high, comm
+        )
+        return budgets, t, counts
+
+    assert ranks.run(search) == [expected] * world
