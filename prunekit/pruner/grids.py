@@ -31,7 +31,7 @@ from prunekit.pruner import masks as _masks
 
 __all__ = [
     "BlockGrid", "TensorGrid", "StreamGrid", "RowGrid", "as_grid", "event_chunk", "EVENT_CHUNKS", "EVENT_CHUNK_MAX",
-    "row_ranges", "rows_view", "gather_2d", "pack_bits", "unpack_bits",
+    "row_ranges", "rows_view", "gather_2d", "pack_bits", "unpack_bits", "GridPiece", "split_grid", "FIXED_PER_CHUNK_ELEMENT", "PIECES_SHARE",
 ]
 
 #: a part of a grid: (first block row, end block row, block scores [rows, grid cols] (flat for StreamGrid), extra)
@@ -62,6 +62,12 @@ class BlockGrid(Protocol):
     @property
     def device(self) -> torch.device: ...
 
+
+#: bytes of an event's temporaries per element of a chunk (scores, comparison flags, N:M rank words)
+FIXED_PER_CHUNK_ELEMENT = 12
+#: the most of a layer's weight bytes that the temporaries of its pieces read at once may take
+#: (:func:`split_grid`; one thread's chunk takes 12 / 32 bytes per weight: 0.09x of float32)
+PIECES_SHARE = 0.25
 
 #: an event reads a layer in at most this many chunks (up to ``EVENT_CHUNKS * EVENT_CHUNK_MAX`` =
 #: 64M weights): its number of operations per layer does not grow with the layer (thousands of
@@ -230,6 +236,53 @@ class RowGrid:
 
     def sample(self, stride: int) -> torch.Tensor:
         return self._sample(stride)
+
+
+class GridPiece:
+    """The chunks of ``grid`` from flat block ``first`` to ``end`` (``first`` a multiple of its chunk
+    size): a grid the counting passes of an event read while other threads read the other pieces
+    (the grids compute a chunk in the reading thread's buffers). Starts stay the whole grid's."""
+
+    def __init__(self, grid: "TensorGrid | StreamGrid | RowGrid", first: int, end: int) -> None:
+        self.grid, self.first, self.end = grid, first, end
+        self.pattern = grid.pattern
+        self.shape = grid.shape
+        self.blocks = end - first
+        self.chunk_size = _chunk_size(grid)
+        self.known_pruned: int | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.grid.device
+
+    def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        for start in range(self.first, self.end, self.chunk_size):
+            yield start, self.grid.chunk(start)
+
+
+def split_grid(grid: object, pieces: int) -> list[GridPiece] | None:
+    """``grid`` as exactly ``pieces`` :class:`GridPiece` of whole chunks, in flat order, read at once by
+    ``pieces`` threads; ``None`` (read it whole) unless all of this holds:
+
+    * it is computed when read (:class:`StreamGrid`, :class:`RowGrid`: its memory is its chunks'), of
+      blocks (not N:M groups, whose reads share a buffer of which weights stay), and knows its layer's
+      ``weight_bytes`` (set by the pruner for unsharded layers);
+    * the pieces' chunk-sized temporaries, :data:`FIXED_PER_CHUNK_ELEMENT` bytes per chunk element
+      each, take at most :data:`PIECES_SHARE` of those bytes (the event's memory promise holds);
+    * it has at least ``pieces`` chunks (one piece per thread: never fewer threads than the intra-op
+      threads it would otherwise run on).
+    """
+    weight_bytes = getattr(grid, "weight_bytes", None)
+    pattern = getattr(grid, "pattern", None)
+    if type(grid) not in (StreamGrid, RowGrid) or not weight_bytes or pieces < 2 or not hasattr(pattern, "block_numel") or hasattr(pattern, "m"):
+        return None
+    size, blocks = _chunk_size(grid), getattr(grid, "blocks")
+    elements = size * int(pattern.block_numel)
+    chunks = -(-blocks // size)
+    if chunks < pieces or pieces * FIXED_PER_CHUNK_ELEMENT * elements > PIECES_SHARE * weight_bytes:
+        return None
+    bounds = [k * chunks // pieces * size for k in range(pieces)] + [blocks]
+    return [GridPiece(grid, a, b) for a, b in zip(bounds, bounds[1:])]  # type: ignore[arg-type]
 
 
 def row_ranges(rows: int, r: int, per: int) -> Iterator[tuple[int, int]]:

@@ -22,6 +22,7 @@ from prunekit.regularization import Regularizer
 from prunekit.registry import CRITERIA, REGULARIZERS, get_scheduler
 from prunekit.pruner.criteria import Criterion
 from prunekit.pruner.grids import (
+    FIXED_PER_CHUNK_ELEMENT,
     BlockGrid,
     RowGrid,
     StreamGrid,
@@ -74,7 +75,6 @@ __all__ = ["PruningRecord", "PrunerGroup", "GRID_SHARE", "FIXED_PER_CHUNK_ELEMEN
 #: bytes; other grids are recomputed in row chunks whenever they are read (see
 #: PrunerGroup._chunked_grid and docs/performance.md)
 GRID_SHARE = 0.45
-FIXED_PER_CHUNK_ELEMENT = 12
 
 
 @dataclass(frozen=True)
@@ -740,6 +740,8 @@ class PrunerGroup:
             grid: BlockGrid = self._stream_grid(layer, pattern, grad)
         else:
             grid = self._chunked_grid(layer, self._score_pattern(layer), grad, acc, ordered)
+        if layer.shard is None:  # see split_grid (a sharded layer's rows may come from other ranks as they are read)
+            grid.weight_bytes = layer.data.numel() * layer.data.element_size()  # type: ignore[attr-defined]
         if not checked:
             if isinstance(pattern, NMPattern) and isinstance(grid, RowGrid):
                 for _ in grid.chunks():  # a pass that sets score_peak

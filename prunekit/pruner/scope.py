@@ -43,8 +43,8 @@ from typing import Callable, Sequence, TypeVar
 
 import torch
 
-from prunekit.pruner.grids import BlockGrid, _chunk_size, as_grid
-from prunekit.pruner.parallel import MIN_EVENT_LAYER, parallel_map
+from prunekit.pruner.grids import BlockGrid, _chunk_size, as_grid, split_grid
+from prunekit.pruner.parallel import MIN_EVENT_LAYER, in_worker, parallel_map
 from prunekit.pruner.patterns import BlockPattern, NMPattern
 from prunekit.pruner.sharding import ShardComm
 
@@ -103,18 +103,46 @@ def _counts(grids: Sequence[BlockGrid], tests: Sequence[tuple[str, float]], comm
         return [int(value) * scale for value in totals.tolist()]  # one host read per layer and pass
 
     out = [[0] * len(grids) for _ in tests]
-    for li, values in enumerate(_each_grid(count, grids)):
+    for li, values in enumerate(_each_grid(count, grids, _sum_lists)):
         for ti, value in enumerate(values):
             out[ti][li] = value
     return comm.counts(out) if comm is not None else out
 
 
-def _each_grid(fn: Callable[[BlockGrid], R], grids: Sequence[BlockGrid]) -> list[R]:
+def _grid_weight(g: BlockGrid) -> int:
+    return g.blocks * max(1, int(getattr(g.pattern, "m", None) or g.pattern.block_numel))  # N:M: groups of m
+
+
+def _each_grid(fn: Callable[[BlockGrid], R], grids: Sequence[BlockGrid], merge: Callable[[list[R]], R] | None = None) -> list[R]:
     """``[fn(g) for g in grids]``, grids in parallel, each on one thread (:func:`~prunekit.pruner.parallel.parallel_map`):
     a grid's chunk-sized temporaries are a small share of its own layer's bytes, so an event's extra
-    memory stays bounded by the layers' bytes whatever the number of threads."""
-    weights = [g.blocks * max(1, int(getattr(g.pattern, "m", None) or g.pattern.block_numel)) for g in grids]  # N:M: groups of m
+    memory stays bounded by the layers' bytes whatever the number of threads.
+
+    ``merge``: ``fn`` is a pass whose result over a grid is ``merge`` of its results over pieces of
+    whole chunks in flat order (counts, histograms, brackets). A grid holding more than its share of
+    the work (one large layer: the layers alone cannot keep the threads busy) is then read in as many
+    pieces as there are threads, each piece on one thread: on torch's intra-op threads instead, every
+    operation waits for all of them, several times slower when another process holds a core."""
+    threads = torch.get_num_threads()
+    weights = [_grid_weight(g) for g in grids]
+    if merge is not None and threads > 1 and not in_worker() and all(g.device.type == "cpu" for g in grids):
+        share = sum(weights) / threads
+        owners, items = [], []
+        for i, (g, w) in enumerate(zip(grids, weights)):
+            pieces = split_grid(g, threads) if w > share else None
+            owners += [i] * (len(pieces) if pieces else 1)
+            items += pieces or [g]
+        if len(items) > len(grids):
+            results = parallel_map(fn, items, [_grid_weight(p) for p in items], [p.device for p in items], MIN_EVENT_LAYER)
+            per_grid: list[list[R]] = [[] for _ in grids]
+            for i, result in zip(owners, results):
+                per_grid[i].append(result)
+            return [rs[0] if len(rs) == 1 else merge(rs) for rs in per_grid]
     return parallel_map(fn, list(grids), weights, [g.device for g in grids], MIN_EVENT_LAYER)
+
+
+def _sum_lists(results: list[list[int]]) -> list[int]:
+    return [sum(values) for values in zip(*results)]
 
 
 def _counts_le(grids: Sequence[BlockGrid], values: Sequence[float], comm: ShardComm | None = None) -> list[list[int]]:
@@ -495,7 +523,7 @@ def _radix_find(gs: Sequence[BlockGrid], reaches: Callable[[list[int]], bool], c
     lo = 0
     below = upto = [0] * len(gs)
     for shift, bins in _RADIX_DIGITS_WIDE if len(gs) <= _WIDE_DIGIT_GRIDS else _RADIX_DIGITS:
-        local = _each_grid(lambda g: _digit_histogram(g, lo, shift, bins), gs)
+        local = _each_grid(lambda g: _digit_histogram(g, lo, shift, bins), gs, sum)
         hist = comm.histograms(local)  # [grid, bin] on the host
         cum = hist[:, 0:1] + torch.cumsum(hist[:, 1 : bins + 1], 1)  # [grid, d]: elements <= the digit's last pattern
 
@@ -586,8 +614,17 @@ def _bracket_pass(grids: Sequence[BlockGrid], a: float, b: float) -> tuple[list[
             sizes = g.pattern.sizes_of(index).to(torch.int64)
         return ca * g.pattern.block_numel if uniform else ca, _Bracket(v, sizes, g.pattern.block_numel, index)
 
-    results = _each_grid(one, grids)
+    results = _each_grid(one, grids, _join_brackets)
     return [count for count, _ in results], [bracket for _, bracket in results]
+
+
+def _join_brackets(pieces: list[tuple[int, "_Bracket"]]) -> tuple[int, "_Bracket"]:
+    """One grid's :func:`_bracket_pass` result from those of its pieces (in flat order)."""
+    brackets = [b for _, b in pieces]
+    sizes = None if brackets[0].sizes is None else torch.cat([b.sizes for b in brackets])  # type: ignore[misc]
+    index = None if brackets[0].index is None else torch.cat([b.index for b in brackets])  # type: ignore[misc]
+    joined = _Bracket(torch.cat([b.values for b in brackets]), sizes, brackets[0].block_numel, index)
+    return sum(count for count, _ in pieces), joined
 
 
 class _Bracket:

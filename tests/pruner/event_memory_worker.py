@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def main() -> None:
 
     import prunekit as pk
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("PRUNEKIT_TEST_THREADS", "1")))  # 2: one large layer in pieces on workers
     rows, cols = int(sys.argv[1]), int(sys.argv[2])
     results = {}
     for case in sys.argv[3:]:

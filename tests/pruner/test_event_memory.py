@@ -52,10 +52,10 @@ CASES = [
 TALL_CASES = ["channelx1:gradient:global:0.5:float32", "channelx1:snip_momentum:local:0.5:float32"]
 
 
-def _run(rows: int, cols: int, cases: list[str]) -> dict:
+def _run(rows: int, cols: int, cases: list[str], threads: int = 1) -> dict:
     if not sys.platform.startswith("linux"):
         pytest.skip("needs Linux (/proc/self/clear_refs, glibc)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "PRUNEKIT_TEST_THREADS": str(threads)}
     done = subprocess.run(
         [sys.executable, str(HERE / "event_memory_worker.py"), str(rows), str(cols), *cases],
         env=env, capture_output=True, text=True, timeout=300,
@@ -104,3 +104,20 @@ def test_snip_momentum_steps_keep_no_buffer_of_the_layers_size(square: dict, tal
     got = (square if layer == "square" else tall)[case]
     assert got["step_extra"] <= LIMIT, got
     assert got["step_kept"] <= 0.3, f"{case}: a step leaves {got['step_kept']:.3f}x the weight bytes resident besides the scores"
+
+
+#: grids computed when read, which two threads read in two pieces at once (each with its chunk's temporaries)
+PIECE_CASES = ["1x1:magnitude:local:0.9:float32", "1x1:magnitude:global:0.9:float32", "1x1:magnitude:local:0.9:bfloat16",
+               "4x1:snip_momentum:local:0.9:float32"]
+
+
+@pytest.fixture(scope="module")
+def two_threads() -> dict:
+    return _run(2048, 2048, PIECE_CASES, threads=2)
+
+
+@pytest.mark.parametrize("case", PIECE_CASES)
+def test_one_large_layer_read_in_pieces_by_two_threads_stays_within_half_its_weight_bytes(two_threads: dict, case: str) -> None:
+    got = two_threads[case]
+    assert got["sparsity"] == pytest.approx(float(case.rsplit(":", 4)[3]), abs=0.01), got
+    assert got["extra"] <= LIMIT, f"{case}: peak extra {got['extra']:.3f}x the layer's weight bytes (limit {LIMIT})"

@@ -262,3 +262,65 @@ def test_an_interrupt_while_waiting_stops_the_workers_before_returning(forced, m
     assert len(done) == finished < 12  # nothing ran on after the call returned; the rest never started
     assert torch.get_num_threads() == 2
     assert parallel.parallel_map(lambda i: -i, [1, 2], [1 << 20] * 2, [torch.device("cpu")] * 2) == [-1, -2]
+
+
+def _one_large_layer(pattern: str, criterion: str, scope: str, target: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A second layer much smaller than the first (which then holds most of the event's work), weights on a
+    grid of 1/8 (many exact ties), trained through three events; the large layer's mask and weight."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(640, 1022), torch.nn.Tanh(), torch.nn.Linear(1022, 8))
+    if pattern == "2:4":  # the small layer's 1022 inputs do not hold groups of 4
+        pattern_layers = {"op_names": ["^0$"]}
+    else:
+        pattern_layers = {}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_((p * 8).round() / 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    config = {"pruners": [{"pattern": pattern, "criterion": criterion, "scope": scope, "target_sparsity": target,
+                           "scheduler": {"type": "iterative", "start_step": 1, "end_step": 5, "frequency": 2}, **pattern_layers}]}
+    session = prepare_pruning(model, config, opt)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(6):
+        opt.zero_grad()
+        model(torch.randn(8, 640, generator=g)).pow(2).mean().backward()
+        opt.step()
+    mask = session.masks["0"].clone()
+    session.close()
+    return mask, model[0].weight.detach().clone()
+
+
+@pytest.mark.parametrize("pattern,criterion,scope,target,split", [
+    ("1x1", "magnitude", "local", 0.9, True), ("1x1", "snip", "global", 0.7, True), ("4x1", "snip_momentum", "global", 0.75, True),
+    ("4x1", "magnitude", "local", 0.6, False), ("2:4", "magnitude", "local", 0.5, False), ("1xchannel", "gradient", "global", 0.5, False),
+])
+def test_one_large_layer_is_read_in_pieces_on_workers_with_the_serial_result(monkeypatch, pattern, criterion, scope, target, split) -> None:
+    """An event whose work one layer dominates (the layers alone cannot keep two workers busy) reads that
+    layer's grid in pieces of whole chunks, one piece per worker (counting, bracket and histogram
+    passes), when the grid is computed as it is read (1x1 scores, accumulated block scores);
+    materialized grids (blocks of float32 weights) are read whole. Either way the masks are the serial ones (1022 rows: a partial
+    last 4x1 block row)."""
+    import prunekit.pruner.group as group_mod
+    import prunekit.pruner.scope as scope_mod
+
+    for module in (parallel, group_mod, scope_mod):  # this small layer takes the paths of a large one
+        monkeypatch.setattr(module, "MIN_EVENT_LAYER", 0)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_ELEMENTS", 0)
+    reference = _serial(lambda: _one_large_layer(pattern, criterion, scope, target))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    original = scope_mod.split_grid
+    pieces: list[int] = []
+
+    def recording(grid, count):
+        result = original(grid, count)
+        pieces.append(len(result) if result else 0)
+        return result
+
+    monkeypatch.setattr(scope_mod, "split_grid", recording)
+    try:
+        got = _one_large_layer(pattern, criterion, scope, target)
+    finally:
+        torch.set_num_threads(before)
+    assert max(pieces, default=0) == (2 if split else 0)  # the large layer was read in two pieces, or whole
+    assert torch.equal(got[0], reference[0]) and torch.equal(got[1], reference[1])

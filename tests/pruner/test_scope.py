@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from prunekit.pruner import masks, scope
+from prunekit.pruner.grids import RowGrid, split_grid
 from prunekit.pruner.patterns import PRUNED, BlockPattern
 
 
@@ -306,3 +307,53 @@ def test_sharded_ranks_find_the_global_budgets_of_one_process(sample, monkeypatc
         return budgets, t, counts
 
     assert ranks.run(search) == [expected] * world
+
+
+def test_a_grid_read_in_pieces_gives_the_passes_of_the_whole_grid(monkeypatch) -> None:
+    """Counting, bracket and histogram passes of one grid split into pieces of whole chunks (what two
+    threads do with one large layer) equal those of the unsplit grid, bracket order included."""
+    grid = special_grid(8, 30, 31)
+    pattern = BlockPattern(30, 30, 4, 1)  # blocks of 4 and, in the last block row, 2 elements
+    before = torch.get_num_threads()
+
+    def passes(threads: int):
+        torch.set_num_threads(threads)
+        try:  # block rows computed when read, 3 at a time (3 chunks), from a layer of ample weight bytes
+            g = RowGrid(lambda g0, g1: (grid[g0:g1].clone(), None), lambda stride: grid.view(-1)[::stride].clone(),
+                        tuple(grid.shape), pattern, grid.device, step=3)
+            g.weight_bytes = 1 << 30
+            counts = scope._counts([g], [("lt", 0.25), ("le", 0.5)])
+            (below,), (bracket,) = scope._bracket_pass([g], 0.125, 0.625)
+            hist = scope._digit_histogram(g, 0, 15, 1 << 16) if threads == 1 else scope._each_grid(
+                lambda piece: scope._digit_histogram(piece, 0, 15, 1 << 16), [g], sum)[0]
+            return counts, below, bracket.values, bracket.index, bracket.sizes, hist
+        finally:
+            torch.set_num_threads(before)
+
+    pieces: list[int] = []
+    monkeypatch.setattr(scope, "split_grid", lambda g, n: pieces.append(n) or split_grid(g, n))
+    whole, in_pieces = passes(1), passes(2)
+    assert pieces and all(n == 2 for n in pieces)
+    for a, b in zip(whole, in_pieces):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_grids_are_split_only_within_their_memory_share() -> None:
+    """One piece per thread, never more temporaries than PIECES_SHARE of the weight bytes, and only grids
+    computed when read (a materialized grid already holds its memory)."""
+    def stream(blocks: int, chunk: int, weight_bytes: int | None):
+        from prunekit.pruner.grids import StreamGrid
+
+        grid = StreamGrid(lambda a, b: torch.zeros(b - a), lambda s: torch.zeros(1), (1, blocks), BlockPattern(1, blocks, 1, 1),
+                          torch.device("cpu"), chunk=chunk)
+        if weight_bytes is not None:
+            grid.weight_bytes = weight_bytes
+        return grid
+
+    assert split_grid(stream(1000, 100, 4000), 2) is None  # 2 pieces x 12 x 100 bytes > 0.25 x 4000
+    pieces = split_grid(stream(1000, 100, 4000 * 10), 2)
+    assert [(p.first, p.end) for p in pieces] == [(0, 500), (500, 1000)]
+    assert [(p.first, p.end) for p in split_grid(stream(1000, 100, 10**6), 3)] == [(0, 300), (300, 600), (600, 1000)]
+    assert split_grid(stream(1000, 100, 10**6), 11) is None  # fewer chunks than threads
+    assert split_grid(stream(1000, 100, None), 2) is None  # no weight bytes known
+    assert split_grid(torch.zeros(10, 100), 2) is None  # a tensor (materialized grid)
