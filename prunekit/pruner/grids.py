@@ -243,7 +243,7 @@ class GridPiece:
     size): a grid the counting passes of an event read while other threads read the other pieces
     (the grids compute a chunk in the reading thread's buffers). Starts stay the whole grid's."""
 
-    def __init__(self, grid: "TensorGrid | StreamGrid | RowGrid", first: int, end: int) -> None:
+    def __init__(self, grid: "StreamGrid | RowGrid", first: int, end: int) -> None:
         self.grid, self.first, self.end = grid, first, end
         self.pattern = grid.pattern
         self.shape = grid.shape
@@ -282,7 +282,7 @@ def split_grid(grid: object, pieces: int) -> list[GridPiece] | None:
     if chunks < pieces or pieces * FIXED_PER_CHUNK_ELEMENT * elements > PIECES_SHARE * weight_bytes:
         return None
     bounds = [k * chunks // pieces * size for k in range(pieces)] + [blocks]
-    return [GridPiece(grid, a, b) for a, b in zip(bounds, bounds[1:])]  # type: ignore[arg-type]
+    return [GridPiece(grid, a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def row_ranges(rows: int, r: int, per: int) -> Iterator[tuple[int, int]]:

@@ -741,7 +741,7 @@ class PrunerGroup:
         else:
             grid = self._chunked_grid(layer, self._score_pattern(layer), grad, acc, ordered)
         if layer.shard is None:  # see split_grid (a sharded layer's rows may come from other ranks as they are read)
-            grid.weight_bytes = layer.data.numel() * layer.data.element_size()  # type: ignore[attr-defined]
+            grid.weight_bytes = layer.weight_bytes  # type: ignore[attr-defined]
         if not checked:
             if isinstance(pattern, NMPattern) and isinstance(grid, RowGrid):
                 for _ in grid.chunks():  # a pass that sets score_peak
@@ -966,7 +966,7 @@ class PrunerGroup:
                     total += pattern.rows_pattern(b - a).count(pattern.pruned_rows(mask_rows(a, b, r)))
             return int(total)
 
-        wbytes = layer.numel * layer.weight.element_size()
+        wbytes = layer.weight_bytes
         gbytes = 4 * gr * gc + (pattern.new_stay(0, device).element_size() * gr * gc * (1 if pattern.m in (2, 4, 8) else pattern.n) if nm else 0)
         # (an N:M grid of an event that prunes every group is read once, by the commit: never held)
         if not block_acc and (ordered or not nm) and gbytes + FIXED_PER_CHUNK_ELEMENT * size <= GRID_SHARE * wbytes:

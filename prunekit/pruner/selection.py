@@ -115,6 +115,11 @@ class Layer:
         return math.prod(self.layout.shape)
 
     @property
+    def weight_bytes(self) -> int:
+        """Bytes of this rank's weight values (the local shard of a sharded weight)."""
+        return self.numel * self.weight.element_size()
+
+    @property
     def total_numel(self) -> int:
         """Elements of the whole weight (over every shard)."""
         return self.shard.total_numel if self.shard is not None else self.numel

@@ -11,12 +11,12 @@ shard boundaries.
 What a rank keeps for a sharded layer is the mask and the scores of its own rows (1/W of the
 unsharded memory); what it needs of the others is small: the counts, maxima and histograms of
 counts that the threshold searches of :mod:`prunekit.pruner.scope` reduce (:class:`ShardComm`; never
-a score), the sparsity of
-the whole layer for reports, the rows of a block row that straddles a shard boundary (it is scored
-on the rank holding its first row, :class:`Halo`), and, for ``channelx1`` (a column spans every
-shard), the running column sums (:class:`ChainedFold`). Every rank runs the same collectives in the
-same order, and since the global flat order of a layer's blocks is rank order, ties are broken
-exactly as in one process: the masks are those of unsharded training, bit for bit.
+a score), the sparsity of the whole layer for reports, the rows of a block row that straddles a
+shard boundary (it is scored on the rank holding its first row, :class:`Halo`), and, for
+``channelx1`` (a column spans every shard), the running column sums (:class:`ChainedFold`). Every
+rank runs the same collectives in the same order, and since the global flat order of a layer's
+blocks is rank order, ties are broken exactly as in one process: the masks are those of unsharded
+training, bit for bit.
 """
 
 from __future__ import annotations

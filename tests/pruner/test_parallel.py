@@ -18,6 +18,7 @@ from prunekit.errors import PruningError
 from prunekit.pruner import prepare_pruning
 from prunekit.pruner.criteria import Criterion
 from prunekit.registry import CRITERIA
+from pruner_helpers import mlp, train_step
 from test_chunked_commit import CASES, run
 
 
@@ -267,24 +268,17 @@ def test_an_interrupt_while_waiting_stops_the_workers_before_returning(forced, m
 def _one_large_layer(pattern: str, criterion: str, scope: str, target: float) -> tuple[torch.Tensor, torch.Tensor]:
     """A second layer much smaller than the first (which then holds most of the event's work), weights on a
     grid of 1/8 (many exact ties), trained through three events; the large layer's mask and weight."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(640, 1022), torch.nn.Tanh(), torch.nn.Linear(1022, 8))
-    if pattern == "2:4":  # the small layer's 1022 inputs do not hold groups of 4
-        pattern_layers = {"op_names": ["^0$"]}
-    else:
-        pattern_layers = {}
+    model = mlp((640, 1022, 8))
     with torch.no_grad():
         for p in model.parameters():
             p.copy_((p * 8).round() / 8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    only_first = {"op_names": ["^0$"]} if pattern == "2:4" else {}  # the small layer's 1022 inputs hold no groups of 4
     config = {"pruners": [{"pattern": pattern, "criterion": criterion, "scope": scope, "target_sparsity": target,
-                           "scheduler": {"type": "iterative", "start_step": 1, "end_step": 5, "frequency": 2}, **pattern_layers}]}
+                           "scheduler": {"type": "iterative", "start_step": 1, "end_step": 5, "frequency": 2}, **only_first}]}
     session = prepare_pruning(model, config, opt)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(6):
-        opt.zero_grad()
-        model(torch.randn(8, 640, generator=g)).pow(2).mean().backward()
-        opt.step()
+    for step in range(6):
+        train_step(model, opt, step, n=8, d_in=640, d_out=8)
     mask = session.masks["0"].clone()
     session.close()
     return mask, model[0].weight.detach().clone()
